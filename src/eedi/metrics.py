@@ -1,0 +1,74 @@
+"""MAP@25 as Kaggle scores this competition, and recall@K.
+
+Each row has exactly one relevant misconception. Kaggle's scorer (the classic ``apk``)
+walks the first K predictions and, at position i, adds ``hits / i`` for a relevant id not
+seen earlier in the list, then divides by ``min(len(actual), K)`` = 1. With one relevant
+id that is ``1 / i`` at its *first* position, 0 if it is absent from the top K. A repeated
+copy of the relevant id scores nothing more, and repeated copies of other ids still take
+up positions: we implement exactly that, so a list padded with duplicates is scored the
+way the leaderboard scores it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+K = 25
+
+
+def average_precision_at_k(actual: int, predicted: Sequence[int], k: int = K) -> float:
+    """AP@k for one row with a single relevant id."""
+    for position, pred in enumerate(list(predicted)[:k], start=1):
+        if pred == actual:
+            return 1.0 / position
+    return 0.0
+
+
+def map_at_k(actual: Iterable[int], predicted: Iterable[Sequence[int]], k: int = K) -> float:
+    actual, predicted = list(actual), list(predicted)
+    if len(actual) != len(predicted):
+        raise ValueError(f"{len(actual)} labels but {len(predicted)} prediction lists")
+    if not actual:
+        raise ValueError("map_at_k of zero rows is undefined")
+    return float(np.mean([average_precision_at_k(a, p, k) for a, p in zip(actual, predicted)]))
+
+
+def recall_at_k(actual: Iterable[int], predicted: Iterable[Sequence[int]], k: int) -> float:
+    actual, predicted = list(actual), list(predicted)
+    if len(actual) != len(predicted):
+        raise ValueError(f"{len(actual)} labels but {len(predicted)} prediction lists")
+    if not actual:
+        raise ValueError("recall_at_k of zero rows is undefined")
+    return float(np.mean([a in list(p)[:k] for a, p in zip(actual, predicted)]))
+
+
+def ranking_metrics(
+    actual: Sequence[int],
+    predicted: Sequence[Sequence[int]],
+    seen: Sequence[bool] | None = None,
+    recall_ks: Sequence[int] = (1, 5, 10, 25, 50, 100),
+) -> dict[str, float]:
+    """The metric block every stage reports: map@25, recall@K, and the same split by seen/unseen."""
+    out: dict[str, float] = {"n": len(actual), "map@25": map_at_k(actual, predicted)}
+    for k in recall_ks:
+        out[f"recall@{k}"] = recall_at_k(actual, predicted, k)
+    if seen is not None:
+        seen = np.asarray(seen, dtype=bool)
+        for name, mask in (("seen", seen), ("unseen", ~seen)):
+            idx = np.flatnonzero(mask)
+            out[f"n_{name}"] = int(len(idx))
+            if len(idx):
+                sub_a = [actual[i] for i in idx]
+                sub_p = [predicted[i] for i in idx]
+                out[f"map@25_{name}"] = map_at_k(sub_a, sub_p)
+                out[f"recall@25_{name}"] = recall_at_k(sub_a, sub_p, 25)
+    return out
+
+
+def candidates_to_lists(candidates: pd.DataFrame, key: str = "QuestionId_Answer") -> dict[str, list[int]]:
+    """Long candidates table (key, rank, MisconceptionId) -> {key: [ids by rank]}."""
+    ordered = candidates.sort_values([key, "rank"])
+    return {k: g["MisconceptionId"].astype(int).tolist() for k, g in ordered.groupby(key, sort=False)}

@@ -1,0 +1,111 @@
+"""Shared fixtures: a tiny hand-made Kaggle directory, the bundled sample, the small models.
+
+Heavy objects (models, a prepared run) are built once per session and reused.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO / "data" / "sample"
+MODELS_DIR = Path(os.environ.get("EEDI_MODELS_DIR", REPO / "models"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def write_tiny_kaggle(directory: Path) -> Path:
+    """Four questions, five misconceptions: small enough to reason about by hand."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({
+        "MisconceptionId": [0, 1, 2, 3, 4],
+        "MisconceptionName": [
+            "Adds numerators and denominators",
+            "Thinks angles in a triangle sum to 360",
+            "Multiplies instead of dividing",
+            "Ignores the negative sign",
+            "Rounds down always",
+        ],
+    }).to_csv(directory / "misconception_mapping.csv", index=False)
+    rows = []
+    for qid in range(4):
+        rows.append({
+            "QuestionId": qid, "ConstructId": 10 + qid % 2, "ConstructName": f"Construct {qid % 2}",
+            "SubjectId": 100, "SubjectName": "Fractions", "CorrectAnswer": "A",
+            "QuestionText": f"\\( \\frac{{1}}{{{qid + 2}}}+\\frac{{1}}{{4}}= \\)",
+            "AnswerAText": f"right {qid}", "AnswerBText": f"wrong b {qid}", "AnswerCText": f"wrong c {qid}",
+            "AnswerDText": f"wrong d {qid}",
+            "MisconceptionAId": None, "MisconceptionBId": float(qid % 5), "MisconceptionCId": float((qid + 1) % 5),
+            "MisconceptionDId": None if qid == 0 else float((qid + 2) % 5),
+        })
+    pd.DataFrame(rows).to_csv(directory / "train.csv", index=False)
+    test = pd.DataFrame(rows).drop(columns=[f"Misconception{x}Id" for x in "ABCD"])
+    test["QuestionId"] = test["QuestionId"] + 100
+    test.to_csv(directory / "test.csv", index=False)
+    keys = [f"{q}_{x}" for q in test["QuestionId"] for x in "BCD"]
+    pd.DataFrame({"QuestionId_Answer": keys, "MisconceptionId": "1 2 3"}).to_csv(
+        directory / "sample_submission.csv", index=False)
+    return directory
+
+
+@pytest.fixture
+def tiny_kaggle(tmp_path: Path) -> Path:
+    return write_tiny_kaggle(tmp_path / "kaggle")
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    if not (SAMPLE_DIR / "train.csv").exists():
+        pytest.fail(f"bundled sample data missing in {SAMPLE_DIR}; run `eedi make-sample`")
+    return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The converted small models (make setup). Built here if missing, once per session."""
+    from eedi.pretrained import setup_models
+
+    setup_models(MODELS_DIR)
+    return MODELS_DIR
+
+
+@pytest.fixture(scope="session")
+def minilm_path(models_dir: Path) -> Path:
+    return models_dir / "all-minilm-l6-v2"
+
+
+@pytest.fixture(scope="session")
+def smollm2_path(models_dir: Path) -> Path:
+    return models_dir / "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_path(tmp_path_factory, smollm2_path: Path) -> Path:
+    """A randomly initialised 2-layer Qwen2 (hidden 64) with the SmolLM2 tokenizer."""
+    from eedi.pretrained import build_tiny_qwen2
+
+    return build_tiny_qwen2(tmp_path_factory.mktemp("tiny") / "qwen2", smollm2_path)
+
+
+@pytest.fixture(scope="session")
+def prepared_sample(tmp_path_factory, sample_dir: Path) -> Path:
+    """data/sample through the prepare stage, once per session. Returns the run dir."""
+    from eedi.config import load_config
+    from eedi.pipeline import run_stage
+
+    run_dir = tmp_path_factory.mktemp("prepared") / "run"
+    cfg = load_config(REPO / "configs" / "cpu.yaml", [f"data.dir={sample_dir}", f"run_dir={run_dir}"])
+    run_stage(cfg, "prepare")
+    return run_dir
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    return dst
