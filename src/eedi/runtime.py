@@ -1,0 +1,72 @@
+"""Where and in what precision models run: one place that decides, every stage asks.
+
+* device ``auto`` -> CUDA when available, else CPU.
+* dtype ``auto`` -> bfloat16 on CUDA; float32 on CPU, where bf16 matmuls are emulated on
+  CPUs without AVX-512 (8x slower for SmolLM2 embeddings on this project's CI machines).
+* attention: SDPA everywhere (PyTorch picks its flash kernel on CUDA); ``flash_attention_2``
+  when the package is installed on CUDA.
+* 4-bit loading (QLoRA): bitsandbytes NF4, CUDA only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+
+from .config import RuntimeConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str
+    dtype: "torch.dtype"  # noqa: F821 (torch imported lazily: config loading must not need it)
+    attn_implementation: str
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def resolve(runtime: RuntimeConfig) -> Placement:
+    import torch
+
+    device = runtime.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("runtime.device=cuda but torch sees no CUDA device (use runtime.device=auto or cpu)")
+    if runtime.dtype == "auto":
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, runtime.dtype)
+    attn = "sdpa"
+    if device == "cuda" and dtype in (torch.bfloat16, torch.float16) and importlib.util.find_spec("flash_attn"):
+        attn = "flash_attention_2"
+    if runtime.num_threads:
+        torch.set_num_threads(runtime.num_threads)
+    return Placement(device, dtype, attn)
+
+
+def bnb_4bit_config(placement: Placement):
+    """bitsandbytes NF4 config for QLoRA. The installed bitsandbytes (0.50) has CPU kernels for
+    4-bit inference, but QLoRA training is only supported and tested on CUDA, so we refuse elsewhere."""
+    if not placement.is_cuda:
+        raise RuntimeError("4-bit (QLoRA) loading needs CUDA; set load_in_4bit=false for CPU runs")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=placement.dtype,
+    )
+
+
+def model_kwargs(placement: Placement, load_in_4bit: bool = False) -> dict:
+    """kwargs for ``from_pretrained`` of a backbone under this placement."""
+    kwargs = {"dtype": placement.dtype, "attn_implementation": placement.attn_implementation}
+    if load_in_4bit:
+        kwargs["quantization_config"] = bnb_4bit_config(placement)
+        kwargs["device_map"] = {"": 0}
+    return kwargs
