@@ -87,6 +87,16 @@ class RuntimeConfig(Section):
     """torch CPU threads; None leaves torch's default."""
 
 
+class InferConfig(Section):
+    """Stage 7 (infer): rerank the test pairs' candidates and write submission.csv."""
+
+    reranker_model: Literal["auto", "merged", "gptq", "awq"] = "auto"
+    """Which reranker weights to serve: auto = the first quantized one that exists (gptq, then awq)
+    when the backend can run it, else the merged full-precision model."""
+    backend: Literal["transformers", "vllm"] = "vllm"
+    """vllm on CUDA (and on CPU for full-precision models); transformers anywhere."""
+
+
 class Config(Section):
     """The whole run. Sections for stages are added by their modules' schemas below."""
 
@@ -95,6 +105,7 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     folds: FoldsConfig = Field(default_factory=FoldsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
 
 
 # --------------------------------------------------------------------------- loading
