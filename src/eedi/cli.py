@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser("make-sample", help="write the procedural sample data set")
     sample.add_argument("--out", default="data/sample")
     sample.add_argument("--seed", type=int, default=0)
+    report = sub.add_parser("report", help="re-render run_dir/report.html from a run's outputs")
+    _add_config_args(report)
     models = sub.add_parser("setup-models", help="convert the small PyPI models into a local models folder")
     models.add_argument("--out", default="models")
     return parser
@@ -66,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(cfg.runtime.num_threads)
+        if args.command == "report":
+            from .report import build_report
+
+            print(build_report(cfg.run_dir))
+            return 0
         if args.command == "run":
             from .pipeline import run_all
 

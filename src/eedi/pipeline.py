@@ -55,6 +55,14 @@ STAGES: list[Stage] = [
           "eedi.data:prepare", "train", ("data", "folds"),
           outputs=lambda cfg: _run(cfg, "pairs.parquet", "misconceptions.parquet", "folds.csv",
                                    "prepare_summary.json")),
+    Stage("train-retriever", "fine-tune the bi-encoder retriever per fold (hard + random + in-batch negatives)",
+          "eedi.retriever:run", "train", ("retriever", "folds", "data", "synthetic"), upstream=("prepare",),
+          outputs=lambda cfg: _run(cfg, *[f"retriever/fold_{k}/model" for k in cfg.folds.use],
+                                   *(["retriever/full/model"] if cfg.folds.full_fit else []))),
+    Stage("index", "embed the misconceptions into a FAISS index, write top-K candidates and retriever metrics",
+          "eedi.index:run", "train", ("retriever", "index", "folds"), upstream=("train-retriever",),
+          outputs=lambda cfg: _run(cfg, "metrics.json", *[p for k in cfg.folds.use for p in (
+              f"index/fold_{k}.faiss", f"candidates/fold_{k}.parquet")])),
 ]
 
 
@@ -125,3 +133,7 @@ def run_all(config_path: str | None, overrides: list[str], cfg: Config, force: b
         if result.returncode != 0:
             raise SystemExit(f"stage {stage.name} failed (exit {result.returncode}); "
                              f"fix the cause and re-run: finished stages are skipped")
+    run_dir = Path(cfg.run_dir)
+    for label, name in (("metrics", "metrics.json"), ("report", "report.html"), ("submission", "submission.csv")):
+        if (run_dir / name).exists():
+            print(f"{label:>10}: {(run_dir / name).resolve()}")

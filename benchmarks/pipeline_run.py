@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Time the whole pipeline and record each stage's wall time and peak memory.
+
+    python benchmarks/pipeline_run.py --config configs/cpu.yaml --run-dir runs/bench [key=value ...]
+
+Runs ``eedi run --force`` (every stage in its own process, so each stage's peak RSS is its
+own), then reads the manifest and writes ``benchmarks/results/pipeline_<config>.json`` and a
+markdown table. The targets for the embedded default (issue: whole demo <= 15 min on
+2 cores, peak RSS <= 8 GB) are checked and printed, not asserted: this is a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_SECONDS = 15 * 60
+TARGET_RSS_MB = 8 * 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/cpu.yaml")
+    parser.add_argument("--run-dir", default="runs/bench")
+    parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/pipeline_<config>.json)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    cmd = [sys.executable, "-m", "eedi", "run", "--config", args.config, "--force", f"run_dir={args.run_dir}",
+           *args.overrides]
+    t0 = time.perf_counter()
+    result = subprocess.run(cmd, cwd=REPO)
+    wall = time.perf_counter() - t0
+    children_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    manifest = json.loads((REPO / args.run_dir / "manifest.json").read_text())
+    metrics_path = REPO / args.run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    stages = {name: {"seconds": s.get("seconds"), "peak_rss_mb": s.get("peak_rss_mb"), "status": s.get("status")}
+              for name, s in manifest["stages"].items()}
+    peak = max([s["peak_rss_mb"] or 0 for s in stages.values()] + [children_peak_mb])
+    record = {
+        "config": args.config, "overrides": args.overrides, "exit_code": result.returncode,
+        "wall_seconds": round(wall, 1), "peak_rss_mb": round(peak, 1), "stages": stages,
+        "targets": {"wall_seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_RSS_MB,
+                    "wall_ratio": round(wall / TARGET_SECONDS, 3), "rss_ratio": round(peak / TARGET_RSS_MB, 3)},
+        "mean_metrics": metrics.get("mean"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+    }
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"pipeline_{Path(args.config).stem}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+
+    print(f"\n| stage | seconds | peak RSS (MB) |\n|---|---:|---:|")
+    for name, s in stages.items():
+        print(f"| {name} | {s['seconds']} | {s['peak_rss_mb']} |")
+    print(f"| **total** | **{wall:.0f}** ({wall / TARGET_SECONDS:.2f}x of the 15 min target) "
+          f"| **{peak:.0f}** ({peak / TARGET_RSS_MB:.2f}x of 8 GB) |")
+    print(f"\nwrote {out}")
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
