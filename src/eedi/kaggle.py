@@ -1,0 +1,79 @@
+"""Package a finished run into a folder ready to upload as a Kaggle dataset.
+
+Kaggle code-competition notebooks run offline, so everything the notebook
+(``notebooks/eedi_submission.ipynb``) needs travels in one attached dataset::
+
+    <out>/
+      package.json     what was packaged: source run, commit, models, wheels, sha256 of each file
+      config.yaml      the run's resolved config (query template, top-K, reranker windows, fusion)
+      retriever/       SentenceTransformer folder (full-fit model if trained, else the first fold's)
+      reranker/        HF folder: quantized (gptq/awq) or merged, per infer.reranker_model
+      wheels/          the eedi wheel; with --with-deps also every dependency of [infer-cuda]
+
+``--with-deps`` runs ``pip download`` for the inference extras, which needs an index (PyPI)
+and downloads vLLM's CUDA wheels (GBs): do it on the machine you upload from.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from .config import Config, config_to_dict
+from .inference import choose_reranker
+from .io import atomic_dir, tree_sha256, write_json
+from .manifest import git_commit
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _retriever_dir(config: Config) -> Path:
+    run_dir = Path(config.run_dir)
+    for name in ["full", *[f"fold_{k}" for k in config.folds.use]]:
+        path = run_dir / "retriever" / name / "model"
+        if path.is_dir():
+            return path
+    raise FileNotFoundError(f"no trained retriever in {run_dir}/retriever: run train-retriever first")
+
+
+def build_wheels(dest: Path, with_deps: bool) -> list[str]:
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dest),
+                    str(REPO)], check=True)
+    if with_deps:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(dest), f"{REPO}[infer-cuda]"],
+                       check=True)
+    return sorted(p.name for p in dest.glob("*.whl"))
+
+
+def package(config: Config, out: str | Path, with_deps: bool = False) -> Path:
+    """Write the Kaggle dataset folder for the run in ``config.run_dir`` (atomically)."""
+    out = Path(out)
+    retriever = _retriever_dir(config)
+    reranker_kind, reranker = choose_reranker(config)
+    with atomic_dir(out) as tmp:
+        shutil.copytree(retriever, tmp / "retriever")
+        shutil.copytree(reranker, tmp / "reranker")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+        wheels = build_wheels(tmp / "wheels", with_deps)
+        write_json(tmp / "package.json", {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": git_commit(),
+            "run_dir": str(Path(config.run_dir).resolve()),
+            "retriever_from": str(retriever),
+            "reranker_kind": reranker_kind,
+            "reranker_from": str(reranker),
+            "infer_backend": config.infer.backend,
+            "wheels": wheels,
+            "sha256": {name: tree_sha256(tmp / name) for name in ("retriever", "reranker", "config.yaml")},
+        })
+    log.info("packaged %s (retriever %s, reranker %s) into %s", config.run_dir, retriever, reranker_kind, out)
+    return out
