@@ -94,18 +94,84 @@ def tiny_qwen2_path(tmp_path_factory, smollm2_path: Path) -> Path:
     return build_tiny_qwen2(tmp_path_factory.mktemp("tiny") / "qwen2", smollm2_path)
 
 
-@pytest.fixture(scope="session")
-def prepared_sample(tmp_path_factory, sample_dir: Path) -> Path:
-    """data/sample through the prepare stage, once per session. Returns the run dir."""
+# One run directory shared by the fixtures below, and by the two pytest sessions of `make test`
+# (training side first, then the inference side): stages that are already current are skipped
+# by the manifest, so each model is trained once per CI run. The folder is keyed by a hash of
+# the library, the CPU config and the sample data, so a stale cache is never reused after a change.
+TEST_RUNS = Path(os.environ.get("EEDI_TEST_RUNS", REPO / "build" / "test-runs"))
+# Generation is tested on its own (tests/test_synthesis.py, inference side): the shared run trains
+# without synthetic rows so the training side never needs vLLM.
+SHARED_OVERRIDES = ["synthetic.enabled=false", "synthetic.use=false"]
+
+
+def _content_hash() -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = sorted((REPO / "src" / "eedi").rglob("*.py")) + [REPO / "configs" / "cpu.yaml"]
+    files += sorted((REPO / "data" / "sample").glob("*.csv"))
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def run_shared_stages(sample_dir: Path, *stages: str) -> Path:
+    """Run (or find current) ``stages`` of configs/cpu.yaml on data/sample in the shared run dir."""
     from eedi.config import load_config
     from eedi.pipeline import run_stage
 
-    run_dir = tmp_path_factory.mktemp("prepared") / "run"
-    cfg = load_config(REPO / "configs" / "cpu.yaml", [f"data.dir={sample_dir}", f"run_dir={run_dir}"])
-    run_stage(cfg, "prepare")
+    run_dir = TEST_RUNS / f"cpu-{_content_hash()}"
+    cfg = load_config(REPO / "configs" / "cpu.yaml",
+                      [f"data.dir={sample_dir}", f"run_dir={run_dir}", *SHARED_OVERRIDES])
+    for stage in stages:
+        run_stage(cfg, stage)
     return run_dir
+
+
+def shared_config(run_dir: Path, *overrides: str):
+    """The config the shared run was made with (plus ``overrides``): read-only use in tests."""
+    from eedi.config import load_config
+
+    return load_config(REPO / "configs" / "cpu.yaml",
+                       [f"data.dir={SAMPLE_DIR}", f"run_dir={run_dir}", *SHARED_OVERRIDES, *overrides])
+
+
+@pytest.fixture(scope="session")
+def prepared_sample(sample_dir: Path) -> Path:
+    """data/sample through prepare. Returns the shared run dir: read it, never write to it."""
+    return run_shared_stages(sample_dir, "prepare")
+
+
+@pytest.fixture(scope="session")
+def indexed_sample(sample_dir: Path) -> Path:
+    """... through train-retriever and index (fold 0): retriever models, candidates, retriever metrics."""
+    return run_shared_stages(sample_dir, "prepare", "train-retriever", "index")
+
+
+@pytest.fixture(scope="session")
+def reranked_sample(sample_dir: Path) -> Path:
+    """... through train-reranker (fold 0): reranker adapter + merged model, reranked candidates."""
+    return run_shared_stages(sample_dir, "prepare", "train-retriever", "index", "train-reranker")
+
+
+@pytest.fixture(scope="session")
+def quantized_sample(sample_dir: Path) -> Path:
+    """... through quantize (fold 0): GPTQ and AWQ checkpoints of the reranker, before/after metrics."""
+    return run_shared_stages(sample_dir, "prepare", "train-retriever", "index", "train-reranker", "quantize")
 
 
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, dirs_exist_ok=True)
     return dst
+
+
+# Fixtures that train or generate with real models on the sample (minutes each on 2 cores).
+# Tests that use them count as slow: `make test` (CI) runs the fast set, `make test-all` everything.
+HEAVY_FIXTURES = {"indexed_sample", "reranked_sample", "quantized_sample", "kaggle_package", "generated"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

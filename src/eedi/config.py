@@ -97,6 +97,343 @@ class InferConfig(Section):
     """vllm on CUDA (and on CPU for full-precision models); transformers anywhere."""
 
 
+DEFAULT_RETRIEVAL_INSTRUCTION = (
+    "Given a math problem statement and an incorrect answer as a query, retrieve relevant passages "
+    "that identify and explain the nature of the error."
+)
+
+
+class LoraSection(Section):
+    enabled: bool = True
+    """LoRA adapters on the backbone; false: full fine-tuning (sensible for small encoders only)."""
+    r: int = Field(32, ge=1)
+    """LoRA rank."""
+    alpha: int = Field(64, ge=1)
+    """LoRA alpha (scaling = alpha / r)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch."""
+    target_modules: list[str] = Field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Module names that get adapters (Qwen2/Llama names by default)."""
+
+
+class RetrieverConfig(Section):
+    """Stage 3 (train-retriever): contrastive fine-tuning of the bi-encoder, one model per fold."""
+
+    backbone: str = "models/all-minilm-l6-v2"
+    """Hugging Face model id or local folder (an encoder such as MiniLM or a causal LM such as Qwen2.5)."""
+    pooling: Literal["auto", "lasttoken", "mean"] = "auto"
+    """auto: last-token pooling for causal LMs (an EOS token is appended to every text), mean for encoders."""
+    query_instruction: str = DEFAULT_RETRIEVAL_INSTRUCTION
+    """Task instruction prefixed to queries of last-token (causal LM) backbones as
+    'Instruct: ...\\nQuery: '; misconception texts get no prefix. Encoders are used as pre-trained, without it."""
+    max_length: int = Field(256, ge=8)
+    """Token limit for queries and misconception texts."""
+    load_in_4bit: bool = False
+    """QLoRA: load the backbone in bitsandbytes NF4 (CUDA only); the merged model is rebuilt in runtime.dtype."""
+    lora: LoraSection = Field(default_factory=LoraSection)
+    top_layers: int | None = Field(None, ge=1)
+    """Train only the top this-many transformer layers (their LoRA adapters, or their weights when LoRA is off);
+    embeddings and lower layers stay frozen, so backpropagation stops below them. None: all layers."""
+    epochs: int = Field(1, ge=1)
+    """Passes over the fold's training pairs."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps (smoke tests); None: run all epochs."""
+    batch_size: int = Field(32, ge=2)
+    """Queries per device and step; every other query's positive and negatives are in-batch negatives."""
+    mini_batch_size: int = Field(16, ge=1)
+    """Texts are embedded in length-sorted chunks of this many (each chunk padded to its own longest text)."""
+    gradient_cache: bool = False
+    """GradCache over those chunks: activation memory of one chunk, whatever batch_size (a second, gradient-free
+    forward pass is the price). Off: all chunks keep their activations for one backward pass."""
+    grad_accum: int = Field(1, ge=1)
+    """Gradient accumulation steps (the contrastive batch stays batch_size; updates average over them)."""
+    lr: float = Field(1e-4, gt=0)
+    """Peak learning rate (linear decay after warm-up)."""
+    warmup_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    """Share of the steps spent warming the learning rate up."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (large backbones on CUDA)."""
+    temperature: float = Field(0.01, gt=0)
+    """Softmax temperature of the InfoNCE loss (scale = 1 / temperature)."""
+    n_hard_negatives: int = Field(15, ge=0)
+    """Hard negatives per query, sampled from the mined ranks below (the positive excluded)."""
+    hard_negative_ranks: tuple[int, int] = (0, 25)
+    """[start, stop) ranks of the current model's retrieval list that hard negatives are drawn from."""
+    n_random_negatives: int = Field(96, ge=0)
+    """Random misconceptions (not the positive) added per query."""
+    corpus_negatives: bool = True
+    """Also score each query against every other misconception's cached embedding (a softmax over the whole
+    corpus for the query side, at the cost of one matrix product)."""
+    hard_negative_refresh_steps: int = Field(50, ge=1)
+    """Hard negatives are mined online from the training step's own query embeddings against cached
+    misconception embeddings; the cache is re-embedded with the current weights every this many steps."""
+    encode_batch_size: int = Field(64, ge=1)
+    """Batch size for embedding texts (mining, validation, index)."""
+    save_steps: int = Field(200, ge=1)
+    """Write a resumable Trainer checkpoint every this many steps (the fold dir's checkpoints/). A multiple of
+    hard_negative_refresh_steps, so that a resumed run mines exactly what an uninterrupted one would."""
+
+    @model_validator(mode="after")
+    def _resume_is_exact(self) -> "RetrieverConfig":
+        if self.save_steps % self.hard_negative_refresh_steps:
+            raise ValueError(f"save_steps={self.save_steps} must be a multiple of hard_negative_refresh_steps="
+                             f"{self.hard_negative_refresh_steps}")
+        return self
+
+    @field_validator("hard_negative_ranks")
+    @classmethod
+    def _ranks_ordered(cls, ranks: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= ranks[0] < ranks[1]:
+            raise ValueError(f"need 0 <= start < stop, got {list(ranks)}")
+        return ranks
+
+
+class IndexConfig(Section):
+    """Stage 4 (index): FAISS index over the misconceptions and top-K candidates per pair."""
+
+    top_k: int = Field(100, ge=1)
+    """Candidates kept per (question, wrong answer) pair: the reranker's input."""
+    kind: Literal["exact", "ivf"] = "exact"
+    """exact: flat inner-product index. ivf: inverted lists (approximate), for corpora far larger than 2,587."""
+    nlist: int = Field(64, ge=1)
+    """ivf: number of inverted lists (capped at the corpus size / 39, the FAISS training minimum)."""
+    nprobe: int = Field(8, ge=1)
+    """ivf: lists visited per query."""
+    use_gpu: bool | Literal["auto"] = "auto"
+    """Search on the GPU with faiss-gpu; auto: when faiss has GPU support and a GPU is visible."""
+
+
+class RerankerLoraSection(LoraSection):
+    layers: int | None = Field(None, ge=1)
+    """Adapt only the top this-many transformer layers (None: all). Backpropagation then stops below the
+    lowest adapted layer, which is what makes CPU training affordable."""
+
+
+class RerankerConfig(Section):
+    """Stage 5 (train-reranker) and the reranking inside evaluate/infer: a listwise LoRA causal LM that reads
+    a window of candidates labelled A, B, C, ... and answers with the label of the right one."""
+
+    backbone: str = "Qwen/Qwen2.5-14B-Instruct"
+    """Hugging Face model id or local folder of an instruction-tuned causal LM with a chat template."""
+    load_in_4bit: bool = False
+    """QLoRA: load the backbone in bitsandbytes NF4 for training (CUDA only); merging reloads it in runtime.dtype."""
+    lora: RerankerLoraSection = Field(default_factory=RerankerLoraSection)
+    window_size: int = Field(5, ge=2, le=26)
+    """Candidates per prompt, labelled A, B, C, ... (every label must be one token of the backbone's tokenizer)."""
+    windows_per_pair: int = Field(2, ge=1)
+    """Training windows built per labelled (question, wrong answer) pair."""
+    hard_ratio: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of training windows that are hard (the candidates ranked next to the positive); the rest draw
+    their candidates at random from the retrieved top `depth`."""
+    shuffle_windows: bool = True
+    """Shuffle each training window's candidates. In retriever order the label's position carries the
+    retriever's rank (the positive sits near the top), a shortcut a small model takes instead of reading."""
+    max_train_windows: int | None = Field(None, ge=1)
+    """Cap on training windows (a random subset); None: all of them."""
+    max_length: int = Field(1024, ge=32)
+    """Prompt token limit; longer prompts keep their last max_length tokens (the candidates and the answer slot)."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training windows."""
+    lr: float = Field(1e-4, gt=0)
+    """Peak learning rate (cosine decay after warm-up)."""
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    """Share of the optimizer steps spent warming the learning rate up."""
+    batch_size: int = Field(8, ge=1)
+    """Training windows per device and micro-batch."""
+    grad_accum: int = Field(1, ge=1)
+    """Gradient accumulation steps (effective batch = batch_size x grad_accum x devices)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (large backbones on CUDA)."""
+    save_steps: int = Field(200, ge=1)
+    """Write a resumable Trainer checkpoint every this many optimizer steps (fold dir's checkpoints/)."""
+    depth: int = Field(25, ge=1)
+    """Rerank the retriever's top `depth` candidates; the ones below keep retriever order after them."""
+    scheme: Literal["sliding", "tournament"] = "sliding"
+    """sliding: windows of window_size every `stride` ranks, a candidate's score is its mean probability over
+    the windows it is in. tournament: knock-out rounds of windows, the best `advance` of each go on."""
+    stride: int = Field(5, ge=1)
+    """sliding: ranks between the starts of consecutive windows (< window_size: windows overlap)."""
+    advance: int = Field(1, ge=1)
+    """tournament: candidates of each window that go on to the next round."""
+    fusion_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """final score = w * reranker probability + (1 - w) * retriever cosine min-max scaled over the top `depth`."""
+    tta_reverse: bool = False
+    """Test-time augmentation: also score every window in reversed order and average the two probabilities."""
+    backend: Literal["transformers", "vllm"] = "transformers"
+    """Scoring backend inside train-reranker (validation folds): vllm needs the vLLM environment (CUDA box)."""
+    score_batch_size: int = Field(16, ge=1)
+    """Prompts per forward pass of the transformers backend."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """vllm backend: GPUs the reranker is sharded over."""
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> "RerankerConfig":
+        if self.advance >= self.window_size:
+            raise ValueError(f"advance={self.advance} must be smaller than window_size={self.window_size}")
+        if self.stride > self.window_size:
+            raise ValueError(f"stride={self.stride} > window_size={self.window_size} would leave ranks unscored")
+        return self
+
+
+class SyntheticEngineConfig(Section):
+    """vLLM engine settings (``vllm.LLM(...)``) for the generator and the judge."""
+
+    model: str = "models/smollm2-135m-instruct"
+    """Instruction (chat) model: a local HF folder or a hub id, e.g. Qwen/Qwen2.5-32B-Instruct-AWQ."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: runtime's choice (float32 on CPU, bfloat16 on CUDA). AWQ checkpoints want float16."""
+    quantization: str | None = None
+    """vLLM quantization method (awq_marlin, awq, gptq_marlin, compressed-tensors, ...); None: read from the
+    checkpoint's config. The CPU build has no 4-bit kernels on AVX2 machines."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs the model is sharded over (on CPU: NUMA nodes)."""
+    max_model_len: int = Field(2048, ge=1)
+    """Context length the engine reserves per sequence: the longest prompt plus sampling.max_tokens must fit."""
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    """Share of GPU memory vLLM may take (weights + KV cache)."""
+    kv_cache_gb: float | None = Field(None, gt=0)
+    """KV cache size in GiB (vLLM's kv_cache_memory_bytes); None: sized from gpu_memory_utilization. Set it
+    on CPU, where the default would reserve that share of the host RAM."""
+    enforce_eager: bool = False
+    """Skip CUDA-graph capture / torch.compile (faster start, slower decoding; true on CPU)."""
+
+
+class SyntheticSamplingConfig(Section):
+    """``vllm.SamplingParams`` for generation (the judge decodes greedily)."""
+
+    temperature: float = Field(0.8, ge=0.0)
+    """0: greedy."""
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    max_tokens: int = Field(384, ge=16)
+    """Token budget per completion; a completion cut off by it fails to parse and is counted as such."""
+    seed: int = 0
+    """vLLM engine seed (LLM(seed=...)): the same targets in the same batches give the same samples."""
+    n: int = Field(2, ge=1)
+    """Completions sampled per target prompt (the best per_target valid ones are kept)."""
+
+
+class SyntheticJudgeConfig(Section):
+    """Optional LLM-judge pass with the same engine."""
+
+    enabled: bool = False
+    """Score every valid, de-duplicated question 1-5 (does the distractor follow from the misconception?)."""
+    threshold: int = Field(3, ge=1, le=5)
+    """Keep questions scored at least this."""
+
+
+class SyntheticDedupConfig(Section):
+    """Duplicate removal against the real training pairs, earlier synthetic rows and each other."""
+
+    near_duplicate_threshold: float = Field(0.95, gt=0.0, le=1.0)
+    """Cosine similarity (question + target distractor text) at or above which a question is a near duplicate."""
+
+
+class SyntheticConfig(Section):
+    """Stage 2 (synthesize): vLLM-generated questions for misconceptions with few or no training examples."""
+
+    enabled: bool = False
+    """Generate; false: the stage writes an empty (header-only) train_synthetic.csv and returns."""
+    use: bool = False
+    """Train the retriever and the reranker on the synthetic rows too (training parts only, never validation)."""
+    budget: int = Field(16, ge=0)
+    """Number of target misconceptions (fewest training examples first)."""
+    max_train_examples: int = Field(0, ge=0)
+    """Only misconceptions with at most this many labelled training pairs are targets."""
+    per_target: int = Field(1, ge=1)
+    """Questions kept per target (highest judge score first, else first valid)."""
+    few_shot: int = Field(3, ge=0)
+    """Real questions shown per prompt, taken from the misconceptions nearest to the target."""
+    embedder: str = "models/all-minilm-l6-v2"
+    """sentence-transformers model (folder or hub id) for nearest misconceptions and near duplicates; "tfidf":
+    scikit-learn TF-IDF instead."""
+    question_chars: tuple[int, int] = (10, 500)
+    """[min, max] characters of QuestionText (enforced while decoding and validated)."""
+    answer_chars: tuple[int, int] = (1, 100)
+    """[min, max] characters of each answer text."""
+    checkpoint_every: int = Field(64, ge=1)
+    """Targets generated per batch; results are written after each, so an interrupted run resumes from there."""
+    engine: SyntheticEngineConfig = Field(default_factory=SyntheticEngineConfig)
+    sampling: SyntheticSamplingConfig = Field(default_factory=SyntheticSamplingConfig)
+    judge: SyntheticJudgeConfig = Field(default_factory=SyntheticJudgeConfig)
+    dedup: SyntheticDedupConfig = Field(default_factory=SyntheticDedupConfig)
+
+    @field_validator("question_chars", "answer_chars")
+    @classmethod
+    def _bounds_ordered(cls, bounds: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= bounds[0] <= bounds[1]:
+            raise ValueError(f"need 1 <= min <= max, got {list(bounds)}")
+        return bounds
+
+    @model_validator(mode="after")
+    def _enough_samples(self) -> "SyntheticConfig":
+        if self.sampling.n < self.per_target:
+            raise ValueError(f"sampling.n={self.sampling.n} must be at least per_target={self.per_target}")
+        if self.sampling.temperature == 0 and self.sampling.n > 1:
+            raise ValueError(f"sampling.n={self.sampling.n} with temperature 0 samples the same completion "
+                             "n times; use n=1 or a temperature above 0")
+        return self
+
+
+class QuantizeCalibrationConfig(Section):
+    """Calibration data for GPTQ/AWQ: the reranker's own prompts, never validation rows."""
+
+    n_samples: int = Field(256, ge=1)
+    """Reranker windows built from the training part of the source model's fold(s)."""
+    max_seq_length: int = Field(1024, ge=16)
+    """Token limit per calibration prompt; longer prompts keep their end, as in scoring."""
+
+
+class QuantizeGPTQConfig(Section):
+    dampening_frac: float = Field(0.01, gt=0.0, lt=1.0)
+    """Share of the Hessian's mean diagonal added to it before inversion (GPTQ's stabiliser)."""
+
+
+class QuantizeAWQConfig(Section):
+    n_grid: int = Field(20, ge=3)
+    """Scale exponents tried per layer in the grid search (the identity, then evenly spaced in [0, 1];
+    fewer: faster, coarser). llm-compressor needs at least 3 with duo_scaling."""
+    duo_scaling: bool = True
+    """Scales from activations and weights together (true) or from activations alone (false)."""
+
+
+class QuantizeConfig(Section):
+    """Stage 6 (quantize): the merged reranker to 4-bit weights (W4A16) with GPTQ and AWQ through
+    llm-compressor (compressed-tensors checkpoints), each reloaded and measured against the original."""
+
+    enabled: bool = True
+    """false: the stage only records that it was skipped."""
+    methods: list[Literal["gptq", "awq"]] = Field(default_factory=lambda: ["gptq", "awq"])
+    """Quantization algorithms; each writes quantized/reranker-{method}/."""
+    scheme: Literal["W4A16", "W4A16_ASYM"] = "W4A16"
+    """compressed-tensors preset: int4 weights in groups, 16-bit activations; _ASYM adds a zero point per group."""
+    group_size: int = Field(128, ge=1)
+    """Weights per quantization group; must divide the input width of every quantized Linear layer
+    (checked before calibration; SmolLM2's 576 needs 64 or 32)."""
+    ignore: list[str] = Field(default_factory=lambda: ["lm_head"])
+    """Layers kept in 16-bit: module names or "re:<regex>" (llm-compressor's matching)."""
+    source: Literal["auto", "full"] | int = "auto"
+    """Reranker to quantize: a fold index, "full" (reranker/full), or auto: full when it exists, else the first
+    fold in folds.use. A missing merged model is built from the fold's LoRA adapter."""
+    backend: Literal["transformers", "vllm"] = "transformers"
+    """Engine that reloads and scores the models for the before/after measurement. transformers unpacks the
+    int4 weights on load (same speed as unquantized); vllm runs them with W4A16 kernels (CUDA) but must be
+    installed beside llm-compressor, which the split environments of this project do not do."""
+    eval_max_pairs: int | None = Field(None, ge=1)
+    """Validation pairs reranked for the before/after measurement (a seeded random subset); None: all."""
+    calibration: QuantizeCalibrationConfig = Field(default_factory=QuantizeCalibrationConfig)
+    gptq: QuantizeGPTQConfig = Field(default_factory=QuantizeGPTQConfig)
+    awq: QuantizeAWQConfig = Field(default_factory=QuantizeAWQConfig)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_distinct(cls, methods: list[str]) -> list[str]:
+        if not methods or len(set(methods)) != len(methods):
+            raise ValueError(f"need one or more distinct methods, got {methods}")
+        return methods
+
+
 class Config(Section):
     """The whole run. Sections for stages are added by their modules' schemas below."""
 
@@ -105,6 +442,11 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     folds: FoldsConfig = Field(default_factory=FoldsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    retriever: RetrieverConfig = Field(default_factory=RetrieverConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    reranker: RerankerConfig = Field(default_factory=RerankerConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
 
 

@@ -15,6 +15,7 @@ Outputs (under ``run_dir``), schema documented in README.md:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,21 @@ def _reject_duplicates(df: pd.DataFrame, column: str, path: Path) -> None:
         raise DataError(path, f"duplicate {column} {df[column].iloc[i]}", row=i + 1, column=column)
 
 
+def question_problem(row: Mapping[str, str]) -> tuple[str, str] | None:
+    """The first Kaggle-schema problem of one question row as (column, message), None if it is valid.
+
+    Shared by the CSV loader (which raises on it) and the synthetic-question validator (which counts it).
+    """
+    if str(row["CorrectAnswer"]).strip() not in LETTERS:
+        return "CorrectAnswer", f"CorrectAnswer must be one of A-D, got {row['CorrectAnswer']!r}"
+    if not str(row["QuestionText"]).strip():
+        return "QuestionText", "empty question text"
+    for x in LETTERS:
+        if not str(row[f"Answer{x}Text"]).strip():
+            return f"Answer{x}Text", f"empty answer text for answer {x}"
+    return None
+
+
 def load_questions(path: Path, with_labels: bool, known_ids: set[int] | None) -> pd.DataFrame:
     """Load train.csv (with_labels) or test.csv and validate every row."""
     df = read_csv_strict(path, TRAIN_COLUMNS if with_labels else QUESTION_COLUMNS)
@@ -121,16 +137,10 @@ def load_questions(path: Path, with_labels: bool, known_ids: set[int] | None) ->
     for column in ("ConstructId", "SubjectId"):
         df[column] = _int_column(df, column, path, allow_empty=True)
     _reject_duplicates(df, "QuestionId", path)
-    for i, row in enumerate(df.itertuples(index=False), start=1):
-        correct = row.CorrectAnswer.strip()
-        if correct not in LETTERS:
-            raise DataError(path, f"CorrectAnswer must be one of A-D, got {row.CorrectAnswer!r}", row=i,
-                            column="CorrectAnswer")
-        if not row.QuestionText.strip():
-            raise DataError(path, "empty question text", row=i, column="QuestionText")
-        for x in LETTERS:
-            if not getattr(row, f"Answer{x}Text").strip():
-                raise DataError(path, f"empty answer text for answer {x}", row=i, column=f"Answer{x}Text")
+    for i, row in enumerate(df.to_dict("records"), start=1):
+        problem = question_problem(row)
+        if problem is not None:
+            raise DataError(path, problem[1], row=i, column=problem[0])
     df["CorrectAnswer"] = df["CorrectAnswer"].str.strip()
     if with_labels:
         for column in MISCONCEPTION_COLUMNS:

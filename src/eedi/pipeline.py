@@ -38,7 +38,15 @@ class Stage:
     sections: tuple[str, ...]
     """Config sections whose values change this stage's output."""
     upstream: tuple[str, ...] = ()
+    """Stages whose outputs this one reads: their fingerprints are part of this one's."""
     outputs: Callable[[Config], list[Path]] = field(default=lambda cfg: [])
+    requires: tuple[str, ...] | None = None
+    """Upstream stages that must have run first (default: all of ``upstream``). Optional inputs,
+    such as synthetic rows or quantized models, are upstream but not required."""
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return self.upstream if self.requires is None else self.requires
 
     def function(self) -> Callable[[Config], dict]:
         module, name = self.target.split(":")
@@ -55,14 +63,38 @@ STAGES: list[Stage] = [
           "eedi.data:prepare", "train", ("data", "folds"),
           outputs=lambda cfg: _run(cfg, "pairs.parquet", "misconceptions.parquet", "folds.csv",
                                    "prepare_summary.json")),
+    Stage("synthesize", "generate questions for misconceptions with few or no training examples (vLLM)",
+          "eedi.synthesis:run", "infer", ("synthetic", "data", "runtime"), upstream=("prepare",),
+          outputs=lambda cfg: _run(cfg, "synthetic/train_synthetic.csv", "synthetic/rejected.csv",
+                                   "synthetic/summary.json")),
     Stage("train-retriever", "fine-tune the bi-encoder retriever per fold (hard + random + in-batch negatives)",
-          "eedi.retriever:run", "train", ("retriever", "folds", "data", "synthetic"), upstream=("prepare",),
+          "eedi.retriever:run", "train", ("retriever", "folds", "data", "synthetic"),
+          upstream=("prepare", "synthesize"), requires=("prepare",),
           outputs=lambda cfg: _run(cfg, *[f"retriever/fold_{k}/model" for k in cfg.folds.use],
                                    *(["retriever/full/model"] if cfg.folds.full_fit else []))),
     Stage("index", "embed the misconceptions into a FAISS index, write top-K candidates and retriever metrics",
           "eedi.index:run", "train", ("retriever", "index", "folds"), upstream=("train-retriever",),
           outputs=lambda cfg: _run(cfg, "metrics.json", *[p for k in cfg.folds.use for p in (
               f"index/fold_{k}.faiss", f"candidates/fold_{k}.parquet")])),
+    Stage("train-reranker", "fine-tune the listwise LoRA reranker per fold, rerank its validation candidates",
+          "eedi.reranker:run", "train", ("reranker", "folds", "data", "synthetic"),
+          upstream=("index", "synthesize"), requires=("index",),
+          outputs=lambda cfg: _run(cfg, "metrics.json", *[p for k in cfg.folds.use for p in (
+              f"reranker/fold_{k}/merged", f"reranked/fold_{k}.parquet")],
+              *(["reranker/full/merged"] if cfg.folds.full_fit else []))),
+    Stage("quantize", "merge the reranker, quantize it to 4-bit weights with GPTQ and AWQ, reload and measure",
+          "eedi.quantize:run", "train", ("quantize", "reranker", "folds"), upstream=("train-reranker",),
+          outputs=lambda cfg: _run(cfg, "quantized/summary.json", *(
+              ["metrics.json", *[f"quantized/reranker-{m}" for m in cfg.quantize.methods]]
+              if cfg.quantize.enabled else []))),
+    Stage("evaluate", "average every fold's metrics, write metrics.json['mean'] and report.html",
+          "eedi.evaluate:run", "train", ("folds",), upstream=("index", "train-reranker", "quantize"),
+          requires=("index",),
+          outputs=lambda cfg: _run(cfg, "metrics.json", "report.html")),
+    Stage("infer", "rerank the test pairs' candidates and write submission.csv",
+          "eedi.inference:run", "infer", ("infer", "reranker", "index"),
+          upstream=("index", "train-reranker", "quantize"), requires=("index", "train-reranker"),
+          outputs=lambda cfg: _run(cfg, "report.html")),
 ]
 
 
@@ -87,7 +119,7 @@ def run_stage(cfg: Config, name: str, force: bool = False) -> dict:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(run_dir)
-    missing = [u for u in stage.upstream if manifest.stage(u).get("status") != "done"]
+    missing = [u for u in stage.required if manifest.stage(u).get("status") != "done"]
     if missing:
         raise RuntimeError(f"stage {name!r} needs {missing} to have run first in {run_dir} "
                            f"(run `eedi {missing[0]}` or `eedi run`)")

@@ -78,7 +78,7 @@ def setup_models(out: str | Path = "models") -> dict[str, Path]:
 
 
 def build_tiny_qwen2(dest: str | Path, tokenizer_dir: str | Path, hidden_size: int = 64, layers: int = 2,
-                     seed: int = 0) -> Path:
+                     heads: int = 4, kv_heads: int = 2, seed: int = 0) -> Path:
     """A randomly initialised Qwen2 causal LM sized for tests, paired with a real tokenizer."""
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
@@ -87,7 +87,7 @@ def build_tiny_qwen2(dest: str | Path, tokenizer_dir: str | Path, hidden_size: i
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         tie_word_embeddings=True,

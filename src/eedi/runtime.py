@@ -5,7 +5,8 @@
   CPUs without AVX-512 (8x slower for SmolLM2 embeddings on this project's CI machines).
 * attention: SDPA everywhere (PyTorch picks its flash kernel on CUDA); ``flash_attention_2``
   when the package is installed on CUDA.
-* 4-bit loading (QLoRA): bitsandbytes NF4, CUDA only.
+* 4-bit loading (QLoRA): bitsandbytes NF4. Meant for CUDA; bitsandbytes 0.50's CPU backend also
+  runs it (tests/test_quantize.py), only slower than float32, so CPU configs leave it off.
 """
 
 from __future__ import annotations
@@ -51,10 +52,13 @@ def resolve(runtime: RuntimeConfig) -> Placement:
 
 
 def bnb_4bit_config(placement: Placement):
-    """bitsandbytes NF4 config for QLoRA. The installed bitsandbytes (0.50) has CPU kernels for
-    4-bit inference, but QLoRA training is only supported and tested on CUDA, so we refuse elsewhere."""
+    """bitsandbytes NF4 config (double quantization, compute in the placement's dtype) for QLoRA.
+
+    bitsandbytes 0.50 runs this on CPUs too: NF4 loading, the forward pass and LoRA gradients
+    through the frozen 4-bit layers work (tests/test_quantize.py), but every matmul dequantizes
+    its weights first, so on a CPU it saves memory, not time."""
     if not placement.is_cuda:
-        raise RuntimeError("4-bit (QLoRA) loading needs CUDA; set load_in_4bit=false for CPU runs")
+        log.warning("bitsandbytes 4-bit on CPU: it runs, but slower than float32; meant for CUDA")
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -68,5 +72,6 @@ def model_kwargs(placement: Placement, load_in_4bit: bool = False) -> dict:
     kwargs = {"dtype": placement.dtype, "attn_implementation": placement.attn_implementation}
     if load_in_4bit:
         kwargs["quantization_config"] = bnb_4bit_config(placement)
-        kwargs["device_map"] = {"": 0}
+        # bitsandbytes quantizes while loading, onto the device named here
+        kwargs["device_map"] = {"": 0 if placement.is_cuda else "cpu"}
     return kwargs

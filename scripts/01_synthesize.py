@@ -1,0 +1,13 @@
+#!/usr/bin/env python
+"""Stage 2: synthetic questions for misconceptions with few or no training examples (vLLM). Same as
+`eedi synthesize`. Runs in the inference environment (.venv-infer).
+
+    python scripts/01_synthesize.py --config configs/cpu.yaml synthetic.enabled=true [key=value ...]
+"""
+import sys
+
+from eedi.cli import main
+
+# vLLM starts its workers with spawn: they re-import this file, which must not start the stage again.
+if __name__ == "__main__":
+    sys.exit(main(["synthesize", *sys.argv[1:]]))

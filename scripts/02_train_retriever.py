@@ -1,0 +1,12 @@
+#!/usr/bin/env python
+"""Stage 3: fine-tune the retriever per fold. Same as `eedi train-retriever`.
+
+    python scripts/02_train_retriever.py --config configs/cpu.yaml [key=value ...]
+    torchrun --nproc_per_node 4 scripts/02_train_retriever.py --config configs/qwen2.5-14b.yaml
+"""
+import sys
+
+from eedi.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["train-retriever", *sys.argv[1:]]))

@@ -1,0 +1,156 @@
+"""Stage 4 (index): FAISS round trips, the candidates contract, metrics, and that the retriever learned."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from eedi.index import CANDIDATE_COLUMNS, FaissIndex, gpu_available, top_k_from_scores
+
+from conftest import shared_config
+
+
+def unit_vectors(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- FAISS
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_index_save_load_round_trip_gives_identical_top_k(tmp_path, kind):
+    corpus, queries = unit_vectors(400), unit_vectors(20, seed=1)
+    ids = np.arange(1000, 1400)
+    index = FaissIndex.build(corpus, ids, kind=kind, nlist=8, nprobe=2, use_gpu=False)
+    scores, found = index.search(queries, 25)
+    index.save(tmp_path / "fold_0.faiss")
+    loaded = FaissIndex.load(tmp_path / "fold_0.faiss", use_gpu=False)
+    scores2, found2 = loaded.search(queries, 25)
+    np.testing.assert_array_equal(found, found2)
+    np.testing.assert_array_equal(scores, scores2)
+    assert set(found.ravel()) <= set(ids)
+
+
+def test_exact_index_is_exact_and_ivf_probing_every_list_agrees():
+    corpus, queries = unit_vectors(400), unit_vectors(20, seed=1)
+    ids = np.arange(400) * 3
+    dense = queries @ corpus.T
+    expected = ids[np.argsort(-dense, axis=1, kind="stable")[:, :10]]
+    _, exact = FaissIndex.build(corpus, ids, kind="exact", use_gpu=False).search(queries, 10)
+    np.testing.assert_array_equal(exact, expected)
+    # 400 // 39 = 10 lists at most; probing all of them makes IVF exhaustive
+    _, ivf = FaissIndex.build(corpus, ids, kind="ivf", nlist=64, nprobe=64, use_gpu=False).search(queries, 10)
+    np.testing.assert_array_equal(ivf, expected)
+    scores, top = top_k_from_scores(dense, ids, 10)
+    np.testing.assert_array_equal(top, expected)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_k_larger_than_the_corpus_returns_the_whole_corpus():
+    _, found = FaissIndex.build(unit_vectors(5), np.arange(5), use_gpu=False).search(unit_vectors(2, seed=3), 100)
+    assert found.shape == (2, 5) and all(sorted(row) == list(range(5)) for row in found)
+
+
+def test_missing_index_and_impossible_gpu_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `eedi index`"):
+        FaissIndex.load(tmp_path / "fold_0.faiss")
+    if not gpu_available():
+        with pytest.raises(RuntimeError, match="faiss-gpu"):
+            FaissIndex.build(unit_vectors(10), np.arange(10), use_gpu=True)
+
+
+# --------------------------------------------------------------------------- the stage's outputs
+
+
+@pytest.fixture(scope="module")
+def fold0(indexed_sample):
+    from eedi.data import load_folds, load_pairs, train_val_split
+
+    train, val = train_val_split(load_pairs(indexed_sample), load_folds(indexed_sample), 0)
+    candidates = pd.read_parquet(indexed_sample / "candidates" / "fold_0.parquet")
+    return train, val, candidates
+
+
+def test_candidates_schema(indexed_sample, fold0):
+    train, val, candidates = fold0
+    top_k = shared_config(indexed_sample).index.top_k
+    assert list(candidates.columns) == CANDIDATE_COLUMNS
+    assert str(candidates["rank"].dtype) == "int64" and str(candidates["MisconceptionId"].dtype) == "int64"
+    assert str(candidates["fold"].dtype) == "int64" and (candidates["fold"] == 0).all()
+    parts = candidates.groupby("part")["QuestionId_Answer"].unique()
+    assert set(parts["val"]) == set(val["QuestionId_Answer"]) and set(parts["train"]) == set(train["QuestionId_Answer"])
+    misconceptions = pd.read_parquet(indexed_sample / "misconceptions.parquet")
+    assert candidates["MisconceptionId"].isin(misconceptions["MisconceptionId"]).all()
+    for _, group in candidates.groupby("QuestionId_Answer"):
+        assert group["rank"].tolist() == list(range(top_k))
+        assert group["MisconceptionId"].is_unique
+        assert (np.diff(group["score"].to_numpy()) <= 1e-6).all()
+
+
+def test_saved_index_and_model_reproduce_the_candidates(indexed_sample, fold0):
+    from eedi.retriever import encode_queries, load_encoder
+    from eedi.runtime import resolve
+
+    _, val, candidates = fold0
+    cfg = shared_config(indexed_sample)
+    model = load_encoder(indexed_sample / "retriever" / "fold_0" / "model", resolve(cfg.runtime))
+    index = FaissIndex.load(indexed_sample / "index" / "fold_0.faiss", use_gpu=False)
+    queries = val.head(20)
+    _, found = index.search(encode_queries(model, queries["QueryText"].tolist()), cfg.index.top_k)
+    stored = candidates[candidates["part"] == "val"].sort_values(["QuestionId_Answer", "rank"])
+    for key, row in zip(queries["QuestionId_Answer"], found):
+        assert stored.loc[stored["QuestionId_Answer"] == key, "MisconceptionId"].tolist()[:10] == row[:10].tolist()
+
+
+def test_metrics_json_holds_the_val_part_metrics(indexed_sample, fold0):
+    from eedi.metrics import candidates_to_lists, map_at_k
+
+    train, val, candidates = fold0
+    block = json.loads((indexed_sample / "metrics.json").read_text())["fold_0"]["retriever"]
+    assert {"map@25", "recall@25", "n", "n_seen", "n_unseen"} <= set(block)
+    assert block["n"] == len(val)
+    lists = candidates_to_lists(candidates[candidates["part"] == "val"])
+    actual = val["MisconceptionId"].astype(int).tolist()
+    assert block["map@25"] == pytest.approx(map_at_k(actual, [lists[k] for k in val["QuestionId_Answer"]]))
+    seen = set(train["MisconceptionId"].astype(int))
+    assert block["n_seen"] == sum(a in seen for a in actual)
+
+
+def test_test_pairs_get_candidates(indexed_sample):
+    from eedi.data import load_pairs
+
+    pairs = load_pairs(indexed_sample)
+    test = pairs[pairs["split"] == "test"]
+    assert len(test), "data/sample has test pairs"
+    candidates = pd.read_parquet(indexed_sample / "candidates" / "test.parquet")
+    assert list(candidates.columns) == CANDIDATE_COLUMNS
+    assert set(candidates["QuestionId_Answer"]) == set(test["QuestionId_Answer"])
+    assert (candidates["part"] == "test").all() and (candidates["fold"] == -1).all()
+    assert candidates.groupby("QuestionId_Answer").size().eq(shared_config(indexed_sample).index.top_k).all()
+
+
+def test_fine_tuned_minilm_beats_zero_shot(indexed_sample, fold0):
+    """configs/cpu.yaml's retriever (MiniLM) against the same backbone untrained, on fold 0's validation pairs."""
+    from eedi.data import load_misconceptions
+    from eedi.retriever import build_model, retrieval_map
+    from eedi.runtime import resolve
+
+    _, val, _ = fold0
+    cfg = shared_config(indexed_sample)
+    assert "minilm" in cfg.retriever.backbone.lower()
+    misconceptions = load_misconceptions(indexed_sample)
+    zero_shot = retrieval_map(build_model(cfg.retriever, resolve(cfg.runtime), with_lora=False),
+                              val["QueryText"].tolist(), val["MisconceptionId"].astype(int).tolist(),
+                              misconceptions["MisconceptionId"].to_numpy(),
+                              misconceptions["MisconceptionName"].tolist())["map@25"]
+    tuned = json.loads((indexed_sample / "metrics.json").read_text())["fold_0"]["retriever"]["map@25"]
+    assert tuned > zero_shot + 0.04, (zero_shot, tuned)
+    # the merged model the index used scores what the training log measured on the in-memory model
+    log = [json.loads(line) for line in
+           (indexed_sample / "retriever" / "fold_0" / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["val_map@25"] == pytest.approx(zero_shot, abs=1e-3)
+    assert log[-1]["val_map@25"] == pytest.approx(tuned, abs=2e-3)
