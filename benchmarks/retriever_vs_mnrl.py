@@ -13,8 +13,9 @@ epochs, batch size, learning rate and warm-up. The only differences are the reci
   the default batch sampler: what a user would pick instead.
 
 Reported per recipe: training seconds per epoch (ours includes its hard-negative mining; the
-validation passes are excluded from both; with ``retriever.max_steps`` an "epoch" is that many steps), fold-0 validation MAP@25 after every epoch and
-zero-shot, and MAP gain per minute of training. Written to
+validation passes are excluded from both; with ``retriever.max_steps`` an "epoch" is that many
+steps), fold-0 validation MAP@25 zero-shot and after every epoch, and MAP gain per minute of
+training. Written to
 ``benchmarks/results/retriever_vs_mnrl.json`` and ``.md`` (the table pasted into README.md).
 """
 
@@ -178,9 +179,10 @@ def markdown(r: dict) -> str:
     rows.append(f"| ours / mnrl | {ratios['seconds_per_epoch_ours_over_mnrl']} | | "
                 f"{ratios['final_map_ours_minus_mnrl']:+.4f} (final, difference) | "
                 f"{ratios['map_gain_per_minute_ours_over_mnrl']} |")
-    return "\n".join(rows) + (f"\n\n{r['backbone']}, data/sample fold 0 ({r['train_pairs']} training / {r['val_pairs']} "
-                              f"validation pairs), {r['epochs']} epoch(s), batch {r['batch_size']}, {r['machine']}, "
-                              f"load average before/after {r['load_average_before'][0]}/{r['load_average_after'][0]}.")
+    note = (f"{r['backbone']}, data/sample fold 0 ({r['train_pairs']} training / {r['val_pairs']} validation "
+            f"pairs), {r['epochs']} epoch(s), batch {r['batch_size']}, {r['machine']}, load average before/after "
+            f"{r['load_average_before'][0]}/{r['load_average_after'][0]}.")
+    return "\n".join(rows) + "\n\n" + note
 
 
 if __name__ == "__main__":

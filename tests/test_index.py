@@ -143,7 +143,7 @@ def test_fine_tuned_minilm_beats_zero_shot(indexed_sample, fold0):
     cfg = shared_config(indexed_sample)
     assert "minilm" in cfg.retriever.backbone.lower()
     misconceptions = load_misconceptions(indexed_sample)
-    zero_shot = retrieval_map(build_model(cfg.retriever, resolve(cfg.runtime), with_lora=False),
+    zero_shot = retrieval_map(build_model(cfg.retriever, resolve(cfg.runtime), trainable=False),
                               val["QueryText"].tolist(), val["MisconceptionId"].astype(int).tolist(),
                               misconceptions["MisconceptionId"].to_numpy(),
                               misconceptions["MisconceptionName"].tolist())["map@25"]

@@ -20,7 +20,6 @@ import pandas as pd
 
 from .config import Config, load_config
 from .data import build_pairs, load_kaggle_dir, load_misconceptions, load_pairs
-from .io import read_json
 from .metrics import candidates_to_lists
 from .report import build_report
 from .submission import write_submission

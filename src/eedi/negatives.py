@@ -43,7 +43,6 @@ the contrastive batch can be far larger than what fits at once.
 
 from __future__ import annotations
 
-import logging
 import time
 import zlib
 from dataclasses import dataclass
@@ -56,14 +55,9 @@ from sentence_transformers.base.losses.gradcache import CachedLossMixin
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 from torch import Tensor, nn
 
-log = logging.getLogger(__name__)
+from .index import top_k_from_scores
 
 QUERY = "query"
-DOCUMENT = "document"
-
-
-def _digest(data: bytes) -> int:
-    return zlib.crc32(data)
 
 
 class NegativeSampler:
@@ -82,7 +76,7 @@ class NegativeSampler:
         self.epoch = 0
 
     def rng(self, content: bytes, stream: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, _digest(content), stream])
+        return np.random.default_rng([self.seed, self.epoch, zlib.crc32(content), stream])
 
     def random(self, queries: Sequence[str], positives: Sequence[int]) -> list[np.ndarray]:
         """``n_random`` corpus ids per query, never its positive."""
@@ -102,12 +96,9 @@ class NegativeSampler:
             return [np.empty(0, dtype=np.int64) for _ in positives]
         rng = self.rng(content, stream=1)
         start, stop = self.hard_ranks
-        depth = min(stop + 1, scores.shape[1])
-        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"),
-                                 axis=1)
+        _, ranked = top_k_from_scores(scores, self.corpus_ids, stop + 1)  # + 1: room for the positive
         out = []
-        for row, positive in zip(self.corpus_ids[top], positives):
+        for row, positive in zip(ranked, positives):
             ranked = row[row != positive][start:stop]
             out.append(rng.choice(ranked, size=min(self.n_hard, len(ranked)), replace=False) if len(ranked)
                        else np.empty(0, dtype=np.int64))
@@ -135,7 +126,8 @@ class ContrastiveCollator(SentenceTransformerDataCollator):
         features = sorted(features, key=lambda row: -len(row[QUERY]))
         queries = [row[QUERY] for row in features]
         positives = [int(row["label"]) for row in features]
-        ids = np.column_stack([np.asarray(positives, dtype=np.int64), np.stack(self.sampler.random(queries, positives))])
+        randoms = np.stack(self.sampler.random(queries, positives))
+        ids = np.column_stack([np.asarray(positives, dtype=np.int64), randoms])
         batch: dict[str, Any] = {"label": torch.from_numpy(ids)}
         for key, value in self.preprocess_fn(queries, prompt=self.query_prompt).items():
             batch[f"{QUERY}_{key}"] = value

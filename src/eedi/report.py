@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 
 from .io import read_json, write_text
-from .metrics import average_precision_at_k
 
 
 def _png(fig) -> str:

@@ -99,9 +99,10 @@ def configure_last_token_tokenizer(tokenizer) -> None:
         raise ValueError(f"{type(tokenizer).__name__} does not support add_eos_token; cannot pool the EOS token")
 
 
-def build_model(cfg: RetrieverConfig, placement: Placement, with_lora: bool = True,
+def build_model(cfg: RetrieverConfig, placement: Placement, trainable: bool = True,
                 load_in_4bit: bool | None = None) -> SentenceTransformer:
-    """The untrained bi-encoder for ``cfg.backbone`` (with fresh LoRA adapters when configured)."""
+    """The untrained bi-encoder for ``cfg.backbone``, set up for training (fresh LoRA adapters, frozen
+    layers) unless ``trainable=False``: then the plain backbone, for zero-shot use or to merge an adapter into."""
     from sentence_transformers.base.modules import Normalize, Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
 
@@ -109,15 +110,14 @@ def build_model(cfg: RetrieverConfig, placement: Placement, with_lora: bool = Tr
     pooling = resolve_pooling(cfg, hf_config)
     four_bit = cfg.load_in_4bit if load_in_4bit is None else load_in_4bit
     kwargs = model_kwargs(placement, four_bit)
-    if with_lora and not cfg.lora.enabled:
+    if trainable and not cfg.lora.enabled:
         # Full fine-tuning keeps float32 master weights; bf16 on CUDA then comes from the Trainer's autocast.
         kwargs["dtype"] = torch.float32
     # Plain-text modality: sentence-transformers would otherwise wrap texts of chat models in their
     # chat template (system prompt and all); the retriever's inputs are instruction + text only.
-    transformer = Transformer(cfg.backbone, model_kwargs=kwargs,
-                              processor_kwargs={"model_max_length": cfg.max_length},
-                              modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
-                              module_output_name="token_embeddings")
+    text_only = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
+    transformer = Transformer(cfg.backbone, model_kwargs=kwargs, processor_kwargs={"model_max_length": cfg.max_length},
+                              modality_config=text_only, module_output_name="token_embeddings")
     prompts = {}
     if pooling == "lasttoken":
         configure_last_token_tokenizer(transformer.tokenizer)
@@ -126,9 +126,9 @@ def build_model(cfg: RetrieverConfig, placement: Placement, with_lora: bool = Tr
     modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling), Normalize()]
     model = SentenceTransformer(modules=modules, prompts=prompts, device=None if four_bit else placement.device)
     model.max_seq_length = cfg.max_length
-    if with_lora and cfg.lora.enabled:
+    if trainable and cfg.lora.enabled:
         add_lora(model, cfg, four_bit, top_layers(cfg, hf_config))
-    elif with_lora and cfg.top_layers:
+    elif trainable and cfg.top_layers:
         freeze_below(model, top_layers(cfg, hf_config))
     return model
 
@@ -246,6 +246,9 @@ class EpochLog(TrainerCallback):
         if self.losses:
             entry["loss"] = float(np.mean(self.losses))
             self.losses = []
+        self.last_logged_step = state.global_step
+        if not state.is_world_process_zero:
+            return  # other DDP ranks go on to the next step and wait for rank 0 there
         if self.val_queries:
             t0 = time.perf_counter()
             metrics = retrieval_map(model, self.val_queries, self.val_positives, self.corpus_ids, self.corpus_texts,
@@ -253,11 +256,9 @@ class EpochLog(TrainerCallback):
             model.train()  # encode() left it in eval mode
             entry.update({"val_map@25": metrics["map@25"], "val_recall@25": metrics["recall@25"],
                           "eval_seconds": round(time.perf_counter() - t0, 2)})
-        self.last_logged_step = state.global_step
-        if state.is_world_process_zero:
-            lines = self.log_path.read_text().splitlines() if self.log_path.exists() else []
-            write_text(self.log_path, "\n".join([*lines, json.dumps(entry)]) + "\n")
-            log.info("retriever %s", entry)
+        lines = self.log_path.read_text().splitlines() if self.log_path.exists() else []
+        write_text(self.log_path, "\n".join([*lines, json.dumps(entry)]) + "\n")
+        log.info("retriever %s", entry)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         # On resume the Trainer has loaded the checkpoint's weights by now: the entry then describes those.
@@ -408,7 +409,7 @@ def save_outputs(model: SentenceTransformer, cfg: RetrieverConfig, placement: Pl
     # Merge into a fresh full-precision backbone: right for QLoRA too, where the trained base is 4-bit.
     from peft import PeftModel
 
-    merged = build_model(cfg, placement, with_lora=False, load_in_4bit=False)
+    merged = build_model(cfg, placement, trainable=False, load_in_4bit=False)
     transformer = merged[0]
     transformer.model = PeftModel.from_pretrained(transformer.model, str(out / "adapter")).merge_and_unload()
     with atomic_dir(out / "model") as tmp:
