@@ -1,7 +1,8 @@
 """The listwise reranker: label tokens, windows, prompts, fusion, training, scoring, the fold-0 result.
 
-Time on 2 cores: the unit tests take seconds (tiny random Qwen2); the end-to-end test reuses the
-session fixture ``reranked_sample`` (train-reranker on data/sample fold 0 with configs/cpu.yaml).
+Time on a busy 2-core machine: the unit tests ~40 s (tiny random Qwen2); the fold-0 tests reuse the
+session fixture ``reranked_sample``, whose train-reranker stage (configs/cpu.yaml) took ~9 min there;
+the vLLM test (inference environment) ~2 min, most of it vLLM's engine start.
 """
 
 from __future__ import annotations
