@@ -164,10 +164,9 @@ def test_collator_sorts_rows_longest_first_and_keeps_labels_with_their_rows():
     assert all(int(row[0]) not in row[1:].tolist() for row in batch["label"])
 
 
-@pytest.mark.parametrize("corpus_negatives", [False, True])
-def test_loss_matches_a_hand_computed_infonce_and_gradcache_agrees(tiny_qwen2_path, corpus_negatives):
-    """The loss equals InfoNCE computed by hand (over the batch's unique documents, or over the whole
-    corpus with corpus_negatives), and GradCache (chunks of 2) gives what plain chunks of 3 give."""
+def test_loss_matches_a_hand_computed_infonce_and_gradcache_agrees(tiny_qwen2_path):
+    """The loss equals InfoNCE computed by hand over the batch's unique documents (positives, random and
+    mined hard negatives), and GradCache (chunks of 2) gives what plain chunks of 3 give."""
     from eedi.retriever import build_model
 
     cfg = RetrieverConfig(backbone=str(tiny_qwen2_path), lora={"enabled": False}, query_instruction="")
@@ -181,8 +180,7 @@ def test_loss_matches_a_hand_computed_infonce_and_gradcache_agrees(tiny_qwen2_pa
         model = build_model(cfg, CPU)  # the tiny Qwen2 has no dropout: embeddings are deterministic
         sampler = NegativeSampler(corpus_ids, n_hard=2, hard_ranks=(0, 4), n_random=2, seed=1)
         loss_fn = HardNegativeInfoNCE(model, corpus_ids, corpus_texts, sampler, scale=20.0, refresh_steps=10,
-                                      corpus_negatives=corpus_negatives, mini_batch_size=3 - gradient_cache,
-                                      gradient_cache=gradient_cache)
+                                      mini_batch_size=3 - gradient_cache, gradient_cache=gradient_cache)
         batch = ContrastiveCollator(preprocess_fn=model.preprocess, sampler=sampler)(
             [{"query": q, "label": p} for q, p in zip(queries, positives)])
         features = {k[len("query_"):]: v for k, v in batch.items() if k.startswith("query_")}
@@ -193,13 +191,10 @@ def test_loss_matches_a_hand_computed_infonce_and_gradcache_agrees(tiny_qwen2_pa
         results.append((loss.detach(), grads))
     with torch.no_grad():
         q = model.encode(queries, convert_to_tensor=True, normalize_embeddings=True)
-        if corpus_negatives:  # every misconception is a candidate: a plain softmax over the corpus
-            docs, targets = corpus_ids, [corpus_ids.index(p) for p in positives]
-        else:
-            hard = sampler.hard((q @ loss_fn._cache.T).numpy(), positives, features["input_ids"].numpy().tobytes())
-            docs, targets = document_set(positives, [np.concatenate([r, h]) for r, h in
-                                                     zip(batch["label"][:, 1:].numpy(), hard)])
-            assert len(docs) < len(corpus_ids)
+        hard = sampler.hard((q @ loss_fn._cache.T).numpy(), positives, features["input_ids"].numpy().tobytes())
+        docs, targets = document_set(positives, [np.concatenate([r, h]) for r, h in
+                                                 zip(batch["label"][:, 1:].numpy(), hard)])
+        assert all(len(h) == 2 for h in hard)
         d = model.encode([corpus_texts[corpus_ids.index(i)] for i in docs], convert_to_tensor=True,
                          normalize_embeddings=True)
         expected = torch.nn.functional.cross_entropy(20.0 * q @ d.T, torch.tensor(targets))
@@ -310,7 +305,7 @@ def test_smollm2_last_token_fine_tuned_beats_zero_shot(sample_dir, smollm2_path,
         f"retriever.lora.target_modules={QWEN_MODULES}", "retriever.lora.r=8", "retriever.lora.alpha=16",
         "retriever.top_layers=4", "retriever.max_length=80", "retriever.max_steps=12", "retriever.batch_size=16",
         "retriever.lr=5e-4", "retriever.temperature=0.02", "retriever.n_hard_negatives=0",
-        "retriever.n_random_negatives=0", "retriever.corpus_negatives=false", "retriever.save_steps=100"])
+        "retriever.n_random_negatives=0", "retriever.save_steps=100"])
     # short queries (question + wrong answer), so that instruction + query fit max_length untruncated
     cfg.data.query_template = "Question: {QuestionText}\nIncorrect answer: {WrongAnswerText}"
     run_stage(cfg, "prepare")

@@ -162,9 +162,6 @@ class RetrieverConfig(Section):
     """[start, stop) ranks of the current model's retrieval list that hard negatives are drawn from."""
     n_random_negatives: int = Field(96, ge=0)
     """Random misconceptions (not the positive) added per query."""
-    corpus_negatives: bool = True
-    """Also score each query against every other misconception's cached embedding (a softmax over the whole
-    corpus for the query side, at the cost of one matrix product)."""
     hard_negative_refresh_steps: int = Field(50, ge=1)
     """Hard negatives are mined online from the training step's own query embeddings against cached
     misconception embeddings; the cache is re-embedded with the current weights every this many steps."""

@@ -6,12 +6,8 @@ Every training query sees, in one softmax, its positive misconception against
 * ``n_random_negatives`` drawn uniformly from the whole misconception table,
 * ``n_hard_negatives`` drawn from ranks ``hard_negative_ranks`` of the *current* model's
   ranking for that query (its positive excluded),
-* with ``corpus_negatives``, every other misconception of the corpus, through its cached
-  embedding (no gradient reaches those documents; the query gets the full-corpus signal),
 
-and every query's explicit negatives serve the whole batch too. The softmax over the whole
-corpus is exactly what retrieval is scored on, and the corpus is small enough (2,587
-misconceptions in the competition) for it to cost one matrix product per step.
+and every query's explicit negatives serve the whole batch too.
 
 Hard negatives are mined online, inside the loss (:class:`HardNegativeInfoNCE`): the query
 embeddings of the training step itself are scored against a cache of the misconception
@@ -143,21 +139,17 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
     """InfoNCE of each query against one shared, deduplicated set of documents, with online hard negatives.
 
     ``sentence_features`` = [queries]; ``labels`` = (batch, 1 + n_random) ids from the collator.
-    Loss = mean_i CE(scale * cos(q_i, [D, C]), positive_i), D = the batch's positives + random + hard
-    negatives (embedded with gradients), C = the cached embeddings of the rest of the corpus
-    (``corpus_negatives``; constants).
+    Loss = mean_i CE(scale * cos(q_i, D), positive_i), D = the batch's positives + random + hard negatives.
     """
 
     def __init__(self, model: nn.Module, corpus_ids: Sequence[int], corpus_texts: Sequence[str],
-                 sampler: NegativeSampler, scale: float, refresh_steps: int, corpus_negatives: bool = True,
-                 mini_batch_size: int = 16, gradient_cache: bool = False, encode_batch_size: int = 64):
+                 sampler: NegativeSampler, scale: float, refresh_steps: int, mini_batch_size: int = 16,
+                 gradient_cache: bool = False, encode_batch_size: int = 64):
         super().__init__()
         self.model = model
         self.texts = dict(zip((int(i) for i in corpus_ids), corpus_texts))
         self.corpus_ids = list(self.texts)
-        self.row_of = {mid: row for row, mid in enumerate(self.corpus_ids)}
         self.sampler, self.scale, self.refresh_steps = sampler, float(scale), refresh_steps
-        self.corpus_negatives = corpus_negatives
         # Without GradCache the texts are still embedded in chunks (with gradients, all kept for one
         # backward): trailing padding is trimmed per chunk, which saves compute on length-sorted input.
         self.mini_batch_size = mini_batch_size
@@ -169,7 +161,6 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
         self.refresh_seconds = 0.0
         self._cache: Tensor | None = None
         self._cache_step: int | None = None
-        self._bank: Tensor | None = None
 
     # ----------------------------------------------------------------- mining
 
@@ -192,17 +183,15 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
         return self._cache
 
     def _documents(self, query_reps: Tensor, features: dict[str, Tensor], labels: Tensor
-                   ) -> tuple[dict[str, Any], Tensor, Tensor | None]:
+                   ) -> tuple[dict[str, Any], Tensor]:
         """Mine hard negatives for these query embeddings; tokenize the batch's unique documents.
-
-        Returns the documents' features, each query's target column, and the cached embeddings of
-        every misconception *not* among the documents (the corpus negatives; None when off)."""
+        Returns the documents' features and each query's target column among them."""
         labels = labels.cpu().numpy()
         positives = labels[:, 0].tolist()
         negatives = list(labels[:, 1:])
-        cache = self._corpus_cache() if self.sampler.n_hard or self.corpus_negatives else None
         if self.sampler.n_hard:
-            scores = (F.normalize(query_reps.detach().float(), dim=-1) @ cache.to(query_reps.device).T).cpu().numpy()
+            cache = self._corpus_cache().to(query_reps.device)
+            scores = (F.normalize(query_reps.detach().float(), dim=-1) @ cache.T).cpu().numpy()
             content = features["input_ids"].cpu().numpy().tobytes()
             negatives = [np.concatenate([r, h]) for r, h in zip(negatives, self.sampler.hard(
                 scores, positives, content))]
@@ -214,12 +203,7 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
         device = query_reps.device
         doc_features = {k: v.to(device) if isinstance(v, Tensor) else v
                         for k, v in _unwrap(self.model).preprocess(texts).items()}
-        bank = None
-        if self.corpus_negatives:
-            keep = np.ones(len(self.corpus_ids), dtype=bool)
-            keep[[self.row_of[d] for d in doc_ids]] = False  # embedded with gradients above: no stale twin
-            bank = cache[torch.from_numpy(keep).to(cache.device)].to(device)
-        return doc_features, torch.tensor([position[t] for t in targets], dtype=torch.long, device=device), bank
+        return doc_features, torch.tensor([position[t] for t in targets], dtype=torch.long, device=device)
 
     # ----------------------------------------------------------------- loss
 
@@ -230,11 +214,7 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
                        with_backward: bool = False) -> Tensor:
         queries = F.normalize(torch.cat(reps[0]).float(), dim=-1)
         documents = F.normalize(torch.cat(reps[1]).float(), dim=-1)
-        scores = queries @ documents.T
-        if self._bank is not None and len(self._bank):
-            # The rest of the corpus, as cached: gradients reach the queries only.
-            scores = torch.cat([scores, queries @ self._bank.T], dim=1)
-        loss = F.cross_entropy(scores * self.scale, labels.to(scores.device))
+        loss = F.cross_entropy(queries @ documents.T * self.scale, labels.to(queries.device))
         if with_backward:
             loss.backward()
             loss = loss.detach()
@@ -248,14 +228,13 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
         if self.uses_gradient_cache:
             with torch.no_grad():
                 query_reps = torch.cat(self._embed(queries, with_grad=False))
-            documents, targets, self._bank = self._documents(query_reps, queries, labels)
+            documents, targets = self._documents(query_reps, queries, labels)
             return self.forward_cached([queries, documents], targets)
         query_reps = self._embed(queries, with_grad=True)
-        documents, targets, self._bank = self._documents(torch.cat(query_reps), queries, labels)
+        documents, targets = self._documents(torch.cat(query_reps), queries, labels)
         return self.calculate_loss([query_reps, self._embed(documents, with_grad=True)], targets)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"scale": self.scale, "n_hard": self.sampler.n_hard, "hard_ranks": list(self.sampler.hard_ranks),
                 "n_random": self.sampler.n_random, "refresh_steps": self.refresh_steps,
-                "corpus_negatives": self.corpus_negatives,
                 "mini_batch_size": self.mini_batch_size, "gradient_cache": self.uses_gradient_cache}

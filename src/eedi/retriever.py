@@ -354,8 +354,7 @@ def train_fold(config: Config, fold: int | None) -> dict:
     collator = ContrastiveCollator(preprocess_fn=model.preprocess, sampler=sampler,
                                    query_prompt=model.prompts.get("query"))
     loss = HardNegativeInfoNCE(model, corpus_ids, corpus_texts, sampler, scale=1.0 / cfg.temperature,
-                               refresh_steps=cfg.hard_negative_refresh_steps,
-                               corpus_negatives=cfg.corpus_negatives, mini_batch_size=cfg.mini_batch_size,
+                               refresh_steps=cfg.hard_negative_refresh_steps, mini_batch_size=cfg.mini_batch_size,
                                gradient_cache=cfg.gradient_cache, encode_batch_size=cfg.encode_batch_size)
     dataset = Dataset.from_dict({"query": train["QueryText"].tolist(),
                                  "label": train["MisconceptionId"].astype(int).tolist()})
