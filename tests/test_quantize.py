@@ -22,16 +22,15 @@ from eedi.quantize import (
 )
 
 # Thresholds for the quantized CI reranker against the unquantized one (README "6. quantize").
-# That reranker is SmolLM2-135M after a few LoRA steps on CPU: its label probabilities are nearly flat
-# (training loss ~1.9 against ln 5 = 1.61 for uniform), so near-ties flip under any 4-bit rounding
-# (GPTQ and AWQ each kept 9 of 16 top choices; plain round-to-nearest and GPTQ 46 of 48 on the zero-shot
-# model, whose label probabilities are less flat).
-# An unrelated scorer keeps 1 in 5; keeping at least 8 of 16 has a chance below 3 % at that rate,
-# so the bar rejects a broken checkpoint while tolerating near-tie flips.
-TOP1_AGREEMENT_MIN = 0.5
-# Reranking reorders only the top 5 and fuses with the retriever score: one of the 16 pairs moving
-# its answer one place changes MAP@25 by at most 0.5 / 16 ~ 0.03; allow three such moves.
-MAP_DELTA_MAX = 0.1
+# That reranker is SmolLM2-135M after 96 LoRA windows on CPU: its label probabilities are flat
+# (top-1 leads the runner-up by 0.09 on average), so near-ties are what 4-bit rounding flips.
+# With the CPU config's asymmetric groups of 32, GPTQ kept 46 and AWQ 44 of 48 top choices on fold 0
+# (symmetric groups of 64 kept 8 and 4 of 16: the config's comment). An unrelated scorer keeps 1 in 5;
+# the bar allows 2.5x the measured flips (0.8 of 48 = at most 9 flipped) and sits far above chance.
+TOP1_AGREEMENT_MIN = 0.8
+# Reranking reorders only the top 5 and fuses with the retriever score: one of the 48 pairs moving
+# its answer one place changes MAP@25 by at most 0.5 / 48 ~ 0.01 (measured shifts: +0.012, +0.011).
+MAP_DELTA_MAX = 0.05
 # Mean absolute change of a candidate's label probability: at most half the 0.2 of a uniform 5-way
 # window (measured 0.05 for GPTQ, 0.08 for AWQ).
 SCORE_MAE_MAX = 0.1
@@ -157,7 +156,9 @@ def test_quantized_checkpoints_are_compressed_tensors(quantized_sample):
         assert quant["quant_method"] == "compressed-tensors" and quant["format"] == "pack-quantized"
         assert quant["ignore"] == ["lm_head"]
         (weights,) = [group["weights"] for group in quant["config_groups"].values()]
-        assert (weights["num_bits"], weights["group_size"], weights["strategy"]) == (4, 64, "group")
+        qc = shared_config(run_dir).quantize
+        assert (weights["num_bits"], weights["group_size"], weights["strategy"]) == (4, qc.group_size, "group")
+        assert weights["symmetric"] == (qc.scheme == "W4A16")
         with safe_open(folder / "model.safetensors", "pt") as f:
             keys = set(f.keys())
             packed = f.get_tensor("model.layers.0.self_attn.q_proj.weight_packed")
@@ -186,7 +187,8 @@ def test_quantized_reranker_keeps_its_choices_and_metrics(quantized_sample):
             assert key in after, (method, key)
         assert after == summary["models"][method]
         assert stage_summary[method]["map@25"] == after["map@25"]
-        # float32 source: int4 Linear weights + per-group scales, the tied float32 embedding kept (113 of 173 MB)
+        # float32 source: int4 Linear weights + per-group scales (and zero points), the tied float32 embedding
+        # kept (113 of 181 MB)
         assert 0.25 < after["size_ratio"] < 0.4
         # The retriever order below depth is untouched, so recall@25 cannot change with 5 reranked candidates.
         assert after["recall@25"] == before["recall@25"]

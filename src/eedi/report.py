@@ -116,7 +116,12 @@ def by_subject_section(run_dir: Path, pairs: pd.DataFrame, folds_csv: pd.DataFra
     ax.legend()
     seen = table.pivot_table(index="seen", columns="stage", values="ap", aggfunc="mean").reset_index()
     seen.insert(1, "n", table[table["stage"] == "retriever"].groupby("seen").size().reindex(seen["seen"]).values)
-    return _png(fig) + "<h3>Seen vs unseen misconceptions (MAP@25)</h3>" + _table(seen)
+    note = ""
+    if set(seen["seen"]) != {"seen", "unseen"}:
+        missing = ({"seen", "unseen"} - set(seen["seen"])).pop()
+        note = (f"<p class=\"meta\">No {missing} misconceptions among these validation pairs "
+                "(folds.mode=unseen holds misconceptions out of training).</p>")
+    return _png(fig) + "<h3>Seen vs unseen misconceptions (MAP@25)</h3>" + _table(seen) + note
 
 
 def metrics_section(metrics: dict) -> str:
@@ -143,12 +148,34 @@ def metrics_section(metrics: dict) -> str:
     return out
 
 
+def quantization_section(summary: dict) -> str:
+    """One row per model (the unquantized source first): size, ranking quality, agreement, speed."""
+    rows = []
+    models = summary.get("models", {})
+    for method in sorted(models, key=lambda name: (name != "unquantized", name)):
+        m = models[method]
+        rows.append({"model": method, "size (MB)": m.get("size_bytes", float("nan")) / 1e6,
+                     "size ratio": m.get("size_ratio"), "MAP@25": m.get("map@25"),
+                     "top-1 agreement": m.get("top1_agreement"), "label-prob. MAE": m.get("score_mae"),
+                     "s/window": m.get("seconds_per_window"), "quantize s": m.get("quantize_seconds")})
+    if not rows:
+        return "<p>No quantized models in this run.</p>"
+    meta = (f"source <code>{html.escape(str(summary.get('source_dir')))}</code> · scheme {summary.get('scheme')}"
+            f" · group size {summary.get('group_size')} · {summary.get('calibration_prompts')} calibration prompts"
+            f" · {summary.get('eval_pairs')} validation pairs of fold {summary.get('eval_fold')}"
+            f" · reloaded with {summary.get('backend')}")
+    return f'<p class="meta">{meta}</p>' + _table(pd.DataFrame(rows).dropna(axis=1, how="all"), "{:.3f}")
+
+
 def timings_section(manifest: dict) -> str:
+    from .pipeline import STAGES
+
     stages = manifest.get("stages", {})
     if not stages:
         return "<p>No stages recorded.</p>"
-    df = pd.DataFrame([{"stage": name, "status": s.get("status"), "seconds": s.get("seconds"),
-                        "peak RSS (MB)": s.get("peak_rss_mb")} for name, s in stages.items()])
+    order = [s.name for s in STAGES] + sorted(set(stages) - {s.name for s in STAGES})
+    df = pd.DataFrame([{"stage": name, "status": stages[name].get("status"), "seconds": stages[name].get("seconds"),
+                        "peak RSS (MB)": stages[name].get("peak_rss_mb")} for name in order if name in stages])
     return _table(df, "{:.1f}")
 
 
@@ -164,7 +191,7 @@ def build_report(run_dir: str | Path) -> Path:
         sections.append(("Retriever recall@K", recall_curve_section(run_dir, pairs)))
         sections.append(("MAP@25 by subject", by_subject_section(run_dir, pairs, folds_csv)))
     if quant:
-        sections.append(("Quantization", f"<pre>{html.escape(_json(quant))}</pre>"))
+        sections.append(("Quantization", quantization_section(quant)))
     sections.append(("Stage timings and memory", timings_section(manifest)))
     body = "\n".join(f"<h2>{html.escape(title)}</h2>\n{content}" for title, content in sections)
     commit = html.escape(str(manifest.get("git_commit")))
@@ -185,9 +212,3 @@ data <code>{html.escape(str(manifest.get("config", {}).get("data", {}).get("dir"
 </body></html>
 """
     return write_text(run_dir / "report.html", page)
-
-
-def _json(obj) -> str:
-    import json
-
-    return json.dumps(obj, indent=2, sort_keys=True, default=str)
