@@ -293,6 +293,7 @@ def test_stage_without_candidates_names_the_file(tmp_path, tiny_qwen2_path, prep
 
     run_dir = tmp_path / "run"
     shutil.copytree(prepared_sample, run_dir)
+    shutil.rmtree(run_dir / "candidates", ignore_errors=True)  # the shared run may be indexed already
     config = tiny_config(tmp_path, tiny_qwen2_path)
     with pytest.raises(DataError, match=r"candidates/fold_0.parquet: not found: run the index stage"):
         run(config)

@@ -216,6 +216,18 @@ def tiny_lora_run(tmp_path_factory, prepared_sample, tiny_qwen2_path) -> Path:
     return run_dir
 
 
+def test_lora_on_the_top_layers_only(tiny_qwen2_path):
+    """top_layers with LoRA adapts the named modules of the last N decoder layers, and nothing below."""
+    from eedi.retriever import build_model
+
+    cfg = RetrieverConfig(backbone=str(tiny_qwen2_path), top_layers=1,
+                          lora={"enabled": True, "r": 2, "alpha": 4, "target_modules": ["q_proj", "down_proj"]})
+    model = build_model(cfg, CPU)
+    n_layers = model.transformers_model.config.num_hidden_layers
+    adapted = {name.split(".lora_A")[0] for name, _ in model.transformers_model.named_parameters() if "lora_A" in name}
+    assert adapted == {f"layers.{n_layers - 1}.self_attn.q_proj", f"layers.{n_layers - 1}.mlp.down_proj"}
+
+
 def test_tiny_qwen2_lora_trains_on_the_qwen_modules(tiny_lora_run, tiny_qwen2_path):
     from safetensors.torch import load_file
 

@@ -163,9 +163,16 @@ def add_lora(model: SentenceTransformer, cfg: RetrieverConfig, four_bit: bool, l
     if four_bit:
         # fp32 norms and an input-grad hook, as QLoRA needs; checkpointing is switched on by the Trainer.
         prepare_model_for_kbit_training(model.transformers_model, use_gradient_checkpointing=False)
+    targets: list[str] = list(cfg.lora.target_modules)
+    if layers is not None:
+        # Full module names, not peft's layers_to_transform: its layer regex needs a prefix before
+        # "layers.N." and sentence-transformers wraps the bare decoder, whose names start there.
+        targets = layer_modules(model.transformers_model, targets, set(layers))
+        if not targets:
+            raise ConfigError(f"retriever.lora.target_modules {cfg.lora.target_modules} match no module of "
+                              f"layers {layers} of {cfg.backbone}")
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), layers_to_transform=layers,
-                      task_type="FEATURE_EXTRACTION")
+                      target_modules=targets, task_type="FEATURE_EXTRACTION")
     try:
         model.add_adapter(lora)
     except ValueError as err:
@@ -173,6 +180,19 @@ def add_lora(model: SentenceTransformer, cfg: RetrieverConfig, four_bit: bool, l
             raise ConfigError(f"retriever.lora.target_modules {cfg.lora.target_modules} match no module of "
                               f"{cfg.backbone}: {str(err).splitlines()[0]}") from None
         raise
+
+
+def layer_modules(model, names: list[str], layers: set[int]) -> list[str]:
+    """Full names of the modules called one of ``names`` inside decoder layers ``layers`` (the first
+    integer in a module's dotted name is its layer index)."""
+    wanted = set(names)
+    out = []
+    for full_name, _ in model.named_modules():
+        parts = full_name.split(".")
+        index = next((int(p) for p in parts if p.isdigit()), None)
+        if parts[-1] in wanted and index in layers:
+            out.append(full_name)
+    return out
 
 
 def load_encoder(path: str | Path, placement: Placement) -> SentenceTransformer:
