@@ -304,6 +304,7 @@ def test_a_killed_run_resumes_to_the_same_model(tiny_lora_run, prepared_sample, 
 
 
 @pytest.mark.slow
+@pytest.mark.open_bar  # not met within CI's budget yet: README "3. train-retriever"; `make test-bars` runs it
 def test_smollm2_last_token_fine_tuned_beats_zero_shot(sample_dir, smollm2_path, tmp_path):
     """SmolLM2-135M with last-token pooling and the instruction: a few LoRA steps beat the same model zero-shot."""
     from eedi.pipeline import run_stage
