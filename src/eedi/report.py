@@ -137,6 +137,8 @@ def metrics_section(metrics: dict) -> str:
     if not rows:
         return "<p>No metrics yet.</p>"
     df = pd.DataFrame(rows).dropna(axis=1, how="all")
+    if "n" in df:
+        df["n"] = df["n"].astype("Int64")  # a count, not a float
     out = _table(df)
     gains = []
     for fold, block in sorted(metrics.items()):
