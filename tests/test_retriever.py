@@ -79,6 +79,20 @@ def test_last_token_pooling_is_the_eos_state_under_left_and_right_padding(tiny_q
     assert not torch.allclose(expected[0], expected[1], atol=1e-3)
 
 
+def test_smollm2_pools_the_token_that_ends_a_turn(smollm2_path):
+    """The converted SmolLM2 ends texts with <|im_end|>, as its chat template ends a turn (the GGUF
+    metadata says <|im_start|>, the token that *opens* one)."""
+    from transformers import AutoTokenizer
+
+    from eedi.retriever import configure_last_token_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
+    configure_last_token_tokenizer(tokenizer)
+    ids = tokenizer("Adds the numerators")["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids[-1]) == "<|im_end|>"
+    assert "<|im_end|>" not in tokenizer.decode(ids[:-1])
+
+
 def test_pooling_and_prompt_follow_the_architecture(minilm_path, tiny_qwen2_path):
     from eedi.retriever import build_model
 
@@ -201,6 +215,22 @@ def test_loss_matches_a_hand_computed_infonce_and_gradcache_agrees(tiny_qwen2_pa
     torch.testing.assert_close(results[0][0], expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-3)
+
+    # Between full refreshes, a step writes the embeddings of its own documents into the cache, and
+    # only those rows: at most 3 positives + 4 hard negatives of the 12 misconceptions.
+    sampler = NegativeSampler(corpus_ids, n_hard=1, hard_ranks=(0, 4), n_random=0, seed=1)
+    loss_fn = HardNegativeInfoNCE(model, corpus_ids, corpus_texts, sampler, scale=20.0, refresh_steps=10)
+    batch = ContrastiveCollator(preprocess_fn=model.preprocess, sampler=sampler)(
+        [{"query": q, "label": p} for q, p in zip(queries, positives)])
+    loss_fn.refresh_corpus()
+    loss_fn._cache.zero_()  # refreshed at this step already: the loss below does not re-embed the corpus
+    loss_fn([features], batch["label"])
+    rows = [corpus_ids.index(i) for i in loss_fn._batch_doc_ids]
+    with torch.no_grad():
+        fresh = model.encode([corpus_texts[r] for r in rows], convert_to_tensor=True, normalize_embeddings=True)
+    torch.testing.assert_close(loss_fn._cache[rows], fresh, atol=1e-5, rtol=1e-4)
+    others = [r for r in range(len(corpus_ids)) if r not in rows]
+    assert len(others) >= 5 and (loss_fn._cache[others] == 0).all()
 
 
 # --------------------------------------------------------------------------- training

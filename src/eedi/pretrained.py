@@ -65,6 +65,11 @@ def setup_smollm2(out: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
+    # The GGUF metadata names <|im_start|> as EOS; the model's own config, its generation config and
+    # the upstream HF tokenizer end a turn with <|im_end|>. Last-token pooling appends the EOS token,
+    # so it must be the one that closes a text.
+    if config.eos_token_id is not None and tokenizer.eos_token_id != config.eos_token_id:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(config.eos_token_id)
     with atomic_dir(dest) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
