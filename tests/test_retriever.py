@@ -216,21 +216,6 @@ def test_loss_matches_a_hand_computed_infonce_and_gradcache_agrees(tiny_qwen2_pa
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-3)
 
-    # Between full refreshes, a step writes the embeddings of its own documents into the cache, and
-    # only those rows: at most 3 positives + 4 hard negatives of the 12 misconceptions.
-    sampler = NegativeSampler(corpus_ids, n_hard=1, hard_ranks=(0, 4), n_random=0, seed=1)
-    loss_fn = HardNegativeInfoNCE(model, corpus_ids, corpus_texts, sampler, scale=20.0, refresh_steps=10)
-    batch = ContrastiveCollator(preprocess_fn=model.preprocess, sampler=sampler)(
-        [{"query": q, "label": p} for q, p in zip(queries, positives)])
-    loss_fn.refresh_corpus()
-    loss_fn._cache.zero_()  # refreshed at this step already: the loss below does not re-embed the corpus
-    loss_fn([features], batch["label"])
-    rows = [corpus_ids.index(i) for i in loss_fn._batch_doc_ids]
-    with torch.no_grad():
-        fresh = model.encode([corpus_texts[r] for r in rows], convert_to_tensor=True, normalize_embeddings=True)
-    torch.testing.assert_close(loss_fn._cache[rows], fresh, atol=1e-5, rtol=1e-4)
-    others = [r for r in range(len(corpus_ids)) if r not in rows]
-    assert len(others) >= 5 and (loss_fn._cache[others] == 0).all()
 
 
 # --------------------------------------------------------------------------- training
@@ -334,9 +319,14 @@ def test_a_killed_run_resumes_to_the_same_model(tiny_lora_run, prepared_sample, 
 
 
 @pytest.mark.slow
-@pytest.mark.open_bar  # not met within CI's budget yet: README "3. train-retriever"; `make test-bars` runs it
 def test_smollm2_last_token_fine_tuned_beats_zero_shot(sample_dir, smollm2_path, tmp_path):
-    """SmolLM2-135M with last-token pooling and the instruction: a few LoRA steps beat the same model zero-shot."""
+    """SmolLM2-135M with last-token pooling and the instruction: 30 LoRA steps beat the same model zero-shot.
+
+    Its zero-shot <|im_end|> states are near-identical for any text (they all predict the same next
+    token), so MAP@25 starts at chance (~0.01). LoRA needs a high learning rate to move them within a
+    few steps. Measured on this 1/20 fold: lr 5e-4 on the top 4 layers left the loss at chance after
+    12 steps (0.010 -> 0.012); lr 5e-3 on the top 8 reached 0.233 (seed 42) and 0.095 (seed 1) after
+    20 steps, 0.222 (seed 1) after 30 (~130 s of training on 2 cores)."""
     from eedi.pipeline import run_stage
     from eedi.retriever import train_fold
 
@@ -344,9 +334,9 @@ def test_smollm2_last_token_fine_tuned_beats_zero_shot(sample_dir, smollm2_path,
         f"data.dir={sample_dir}", f"run_dir={tmp_path / 'run'}", "synthetic.enabled=false", "synthetic.use=false",
         "folds.n_splits=20",  # a 1/20 validation fold keeps the two evaluations of a 135M model short
         f"retriever.backbone={smollm2_path}", "retriever.lora.enabled=true",
-        f"retriever.lora.target_modules={QWEN_MODULES}", "retriever.lora.r=8", "retriever.lora.alpha=16",
-        "retriever.top_layers=4", "retriever.max_length=80", "retriever.max_steps=12", "retriever.batch_size=16",
-        "retriever.lr=5e-4", "retriever.temperature=0.02", "retriever.n_hard_negatives=0",
+        f"retriever.lora.target_modules={QWEN_MODULES}", "retriever.lora.r=16", "retriever.lora.alpha=32",
+        "retriever.top_layers=8", "retriever.max_length=80", "retriever.max_steps=30", "retriever.batch_size=16",
+        "retriever.lr=5e-3", "retriever.temperature=0.05", "retriever.n_hard_negatives=0",
         "retriever.n_random_negatives=0", "retriever.save_steps=100"])
     # short queries (question + wrong answer), so that instruction + query fit max_length untruncated
     cfg.data.query_template = "Question: {QuestionText}\nIncorrect answer: {WrongAnswerText}"
@@ -354,7 +344,8 @@ def test_smollm2_last_token_fine_tuned_beats_zero_shot(sample_dir, smollm2_path,
     train_fold(cfg, 0)
     log = read_log(Path(cfg.run_dir))
     zero_shot, tuned = log[0]["val_map@25"], log[-1]["val_map@25"]
-    assert tuned > zero_shot + 0.05, log
+    assert zero_shot < 0.05, log  # chance level: the test measures learning, not a lucky start
+    assert tuned > zero_shot + 0.10, log
 
 
 @pytest.mark.slow

@@ -11,12 +11,11 @@ and every query's explicit negatives serve the whole batch too.
 
 Hard negatives are mined online, inside the loss (:class:`HardNegativeInfoNCE`): the query
 embeddings of the training step itself are scored against a cache of the misconception
-embeddings, which is re-embedded every ``hard_negative_refresh_steps`` optimizer steps and, in
-between, takes the embeddings of every document a step embeds anyway (its positives and
-negatives: the rows mining needs fresh). The corpus is small (2,587 misconceptions in the
-competition), so the cache costs a fraction of a step, and mining needs no separate pass over
-the training queries: the usual mine-then-train loop spends about a third of an epoch's compute
-on that pass, every time it refreshes.
+embeddings, which is re-embedded every ``hard_negative_refresh_steps`` optimizer steps. The
+corpus is small (2,587 misconceptions in the competition), so the cache costs a fraction of a
+step, and mining needs no separate pass over the training queries: the usual
+mine-then-train loop spends about a third of an epoch's compute on that pass, every time
+it refreshes.
 
 The corpus is also closed, so a batch of 32 queries with 15 hard and 96 random negatives
 each names the same misconception many times over. Each misconception of a batch is embedded
@@ -162,8 +161,6 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
         self.refresh_seconds = 0.0
         self._cache: Tensor | None = None
         self._cache_step: int | None = None
-        self._cache_row = {mid: row for row, mid in enumerate(self.corpus_ids)}
-        self._batch_doc_ids: list[int] = []
 
     # ----------------------------------------------------------------- mining
 
@@ -176,8 +173,7 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
                                             batch_size=self.encode_batch_size, convert_to_tensor=True,
                                             normalize_embeddings=True, show_progress_bar=False)
         module.train(training)
-        # clone: encode() returns an inference-mode tensor, which steps could not update in place
-        self._cache, self._cache_step = embeddings.float().clone(), self.global_step
+        self._cache, self._cache_step = embeddings.float(), self.global_step
         self.refresh_seconds += time.perf_counter() - t0
 
     def _corpus_cache(self) -> Tensor:
@@ -185,19 +181,6 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
         if self._cache is None or due:
             self.refresh_corpus()
         return self._cache
-
-    def _update_cache(self, documents: Tensor) -> None:
-        """Write the step's own document embeddings (current weights, free) into the corpus cache.
-
-        Every step embeds its positives and negatives anyway, so the misconceptions that matter
-        most for mining (the positives, and those ranked near them) are kept fresh between full
-        refreshes, which can then be rarer. A full refresh overwrites every row, so a run resumed
-        from a checkpoint (saved on a refresh step) mines what an uninterrupted one does.
-        """
-        if self._cache is None or len(self._batch_doc_ids) != len(documents):
-            return
-        rows = torch.tensor([self._cache_row[mid] for mid in self._batch_doc_ids], device=self._cache.device)
-        self._cache[rows] = documents.detach().to(self._cache.device, self._cache.dtype)
 
     def _documents(self, query_reps: Tensor, features: dict[str, Tensor], labels: Tensor
                    ) -> tuple[dict[str, Any], Tensor]:
@@ -217,7 +200,6 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
         order = sorted(range(len(doc_ids)), key=lambda i: -len(self.texts[doc_ids[i]]))
         position = {old: new for new, old in enumerate(order)}
         texts = [self.texts[doc_ids[i]] for i in order]
-        self._batch_doc_ids = [doc_ids[i] for i in order]
         device = query_reps.device
         doc_features = {k: v.to(device) if isinstance(v, Tensor) else v
                         for k, v in _unwrap(self.model).preprocess(texts).items()}
@@ -232,7 +214,6 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
                        with_backward: bool = False) -> Tensor:
         queries = F.normalize(torch.cat(reps[0]).float(), dim=-1)
         documents = F.normalize(torch.cat(reps[1]).float(), dim=-1)
-        self._update_cache(documents)
         loss = F.cross_entropy(queries @ documents.T * self.scale, labels.to(queries.device))
         if with_backward:
             loss.backward()
