@@ -217,7 +217,6 @@ def test_loss_matches_a_hand_computed_infonce_and_gradcache_agrees(tiny_qwen2_pa
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-3)
 
 
-
 # --------------------------------------------------------------------------- training
 
 
