@@ -317,6 +317,24 @@ def test_a_killed_run_resumes_to_the_same_model(tiny_lora_run, prepared_sample, 
     assert retriever.train_fold(cfg, 0)["log_entries"] >= 2
 
 
+def test_a_fold_trained_under_another_config_is_retrained(tiny_lora_run, prepared_sample, tiny_qwen2_path,
+                                                         tmp_path):
+    """A fold's model is reused only under the config it was trained with; after a change of any
+    retriever key the stage trains again instead of keeping the old model under the new config."""
+    import shutil
+
+    from eedi.retriever import train_fold
+
+    run_dir = fresh_run(prepared_sample, tmp_path / "run")
+    shutil.copytree(tiny_lora_run / "retriever", run_dir / "retriever")
+    reused = train_fold(tiny_config(run_dir, tiny_qwen2_path), 0)
+    assert "seconds" not in reused and read_log(run_dir)[-1]["step"] == 6
+    retrained = train_fold(tiny_config(run_dir, tiny_qwen2_path, "retriever.max_steps=2"), 0)
+    log = read_log(run_dir)
+    assert "seconds" in retrained and log[0]["step"] == 0 and log[-1]["step"] == 2
+    assert (run_dir / "retriever" / "fold_0" / "model").is_dir()
+
+
 @pytest.mark.slow
 def test_smollm2_last_token_fine_tuned_beats_zero_shot(sample_dir, smollm2_path, tmp_path):
     """SmolLM2-135M with last-token pooling and the instruction: 30 LoRA steps beat the same model zero-shot.

@@ -46,7 +46,7 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 from transformers import TrainerCallback, set_seed
 
 from .config import Config, ConfigError, RetrieverConfig
-from .io import atomic_dir, write_text
+from .io import atomic_dir, file_sha256, read_json, write_json, write_text
 from .metrics import ranking_metrics
 from .negatives import ContrastiveCollator, HardNegativeInfoNCE, NegativeSampler
 from .runtime import Placement, model_kwargs, resolve
@@ -354,16 +354,28 @@ def train_fold(config: Config, fold: int | None) -> dict:
     run_dir = Path(config.run_dir)
     out = run_dir / "retriever" / _fold_name(fold)
     log_path = out / "train_log.jsonl"
-    if (out / "model").is_dir():
-        log.info("%s: model exists, skipped", out)
+    info_path = out / "train_info.json"
+    train_fp = _train_fingerprint(config, fold)
+    trained_fp = (read_json(info_path, default={}) or {}).get("fingerprint")
+    if trained_fp == train_fp and (out / "model").is_dir():
+        log.info("%s: trained with this config, reused", out)
         return _summary(log_path)
+    # Another config's model, adapter, checkpoints and log must be neither reused nor resumed.
+    stale = trained_fp != train_fp
+    if stale and _is_main_process():
+        for name in ("model", "adapter", "checkpoints", log_path.name):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    if _is_main_process():
+        write_json(info_path, {"fingerprint": train_fp, "status": "training"})
     placement = resolve(config.runtime)
     train, val = _training_rows(config, fold)
     misconceptions = load_misconceptions(run_dir)
     corpus_ids = misconceptions["MisconceptionId"].to_numpy(np.int64)
     corpus_texts = misconceptions["MisconceptionName"].tolist()
     checkpoints = out / "checkpoints"
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    # Every rank decides alike: a stale fold starts over even where rank 0 has not deleted it yet.
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() and not stale else None
     if resume is None and log_path.exists():
         log_path.unlink()  # a log without a checkpoint belongs to a run that never got far
 
@@ -415,8 +427,21 @@ def train_fold(config: Config, fold: int | None) -> dict:
     if _is_main_process():
         save_outputs(model, cfg, placement, out)
         shutil.rmtree(checkpoints, ignore_errors=True)
+        write_json(info_path, {"fingerprint": train_fp, "status": "done"})
     _barrier()
     return {**_summary(log_path), "seconds": round(seconds, 1)}
+
+
+def _train_fingerprint(config: Config, fold: int | None) -> str:
+    """What one fold's model depends on: every retriever key, the synthetic rows' settings, the seed,
+    the prepared pairs and folds, and the fold. A fold's model is reused only under the same one."""
+    from .config import config_to_dict
+    from .manifest import fingerprint
+
+    resolved = config_to_dict(config)
+    run_dir = Path(config.run_dir)
+    return fingerprint(resolved["retriever"], resolved.get("synthetic"), config.seed, _fold_name(fold),
+                       file_sha256(run_dir / "pairs.parquet"), file_sha256(run_dir / "folds.csv"))
 
 
 def save_outputs(model: SentenceTransformer, cfg: RetrieverConfig, placement: Placement, out: Path) -> None:
