@@ -45,8 +45,9 @@ import torch
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from transformers import TrainerCallback, set_seed
 
-from .config import Config, ConfigError, RetrieverConfig
+from .config import Config, ConfigError, RetrieverConfig, config_to_dict
 from .io import atomic_dir, file_sha256, read_json, write_json, write_text
+from .manifest import fingerprint
 from .metrics import ranking_metrics
 from .negatives import ContrastiveCollator, HardNegativeInfoNCE, NegativeSampler
 from .runtime import Placement, model_kwargs, resolve
@@ -365,7 +366,10 @@ def train_fold(config: Config, fold: int | None) -> dict:
     if stale and _is_main_process():
         for name in ("model", "adapter", "checkpoints", log_path.name):
             path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     if _is_main_process():
         write_json(info_path, {"fingerprint": train_fp, "status": "training"})
     placement = resolve(config.runtime)
@@ -435,9 +439,6 @@ def train_fold(config: Config, fold: int | None) -> dict:
 def _train_fingerprint(config: Config, fold: int | None) -> str:
     """What one fold's model depends on: every retriever key, the synthetic rows' settings, the seed,
     the prepared pairs and folds, and the fold. A fold's model is reused only under the same one."""
-    from .config import config_to_dict
-    from .manifest import fingerprint
-
     resolved = config_to_dict(config)
     run_dir = Path(config.run_dir)
     return fingerprint(resolved["retriever"], resolved.get("synthetic"), config.seed, _fold_name(fold),
