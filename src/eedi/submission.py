@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import pandas as pd
 
@@ -33,17 +33,45 @@ def build_submission(ranked: Mapping[str, Sequence[int]], test_pairs: pd.DataFra
 
 
 def validate_submission(submission: pd.DataFrame, sample: pd.DataFrame | None, n_misconceptions: int | None,
-                        k: int = K, source: str = "submission.csv") -> None:
+                        k: int = K, source: str | Path = "submission.csv",
+                        known_ids: Collection[int] | None = None) -> None:
+    """Kaggle's format, strictly: exact columns, one row per key, ``k`` distinct integer ids per row.
+
+    Ids must be below ``n_misconceptions`` and/or in ``known_ids`` when those are given; with
+    ``sample`` the keys must be exactly the sample's. Errors name the 1-based data row and the column.
+    """
     if list(submission.columns) != SUBMISSION_COLUMNS:
         raise DataError(source, f"columns must be {SUBMISSION_COLUMNS}, got {list(submission.columns)}")
+    known = None if known_ids is None else {int(i) for i in known_ids}
+    first_row: dict[str, int] = {}
     for i, (key, value) in enumerate(submission.itertuples(index=False), start=1):
+        key = str(key)
+        if not key.strip():
+            raise DataError(source, "empty QuestionId_Answer", row=i, column="QuestionId_Answer")
+        if key in first_row:
+            raise DataError(source, f"duplicate QuestionId_Answer {key!r} (first at row {first_row[key]})",
+                            row=i, column="QuestionId_Answer")
+        first_row[key] = i
         parts = str(value).split()
-        if len(parts) != k or len(set(parts)) != k:
-            raise DataError(source, f"{key}: need {k} distinct ids, got {len(parts)} ({len(set(parts))} distinct)",
-                            row=i, column="MisconceptionId")
+        if len(parts) != k:
+            raise DataError(source, f"{key}: need exactly {k} ids, got {len(parts)}", row=i, column="MisconceptionId")
         for part in parts:
-            if not part.isdigit() or (n_misconceptions is not None and int(part) >= n_misconceptions):
-                raise DataError(source, f"{key}: invalid misconception id {part!r}", row=i, column="MisconceptionId")
+            # isdigit() alone accepts non-ASCII digits such as '²' that int() rejects
+            if not (part.isascii() and part.isdigit()):
+                reason = "not a non-negative integer"
+            elif n_misconceptions is not None and int(part) >= n_misconceptions:
+                reason = f"must be below {n_misconceptions}"
+            elif known is not None and int(part) not in known:
+                reason = "not in misconception_mapping.csv"
+            else:
+                continue
+            raise DataError(source, f"{key}: invalid misconception id {part!r} ({reason})", row=i,
+                            column="MisconceptionId")
+        ids = [int(part) for part in parts]
+        if len(set(ids)) != k:
+            dups = sorted({x for x in ids if ids.count(x) > 1})
+            raise DataError(source, f"{key}: duplicate id(s) {dups}: need {k} distinct ids", row=i,
+                            column="MisconceptionId")
     if sample is not None:
         want, got = set(sample["QuestionId_Answer"]), set(submission["QuestionId_Answer"])
         if want != got:
