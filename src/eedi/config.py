@@ -85,6 +85,11 @@ class RuntimeConfig(Section):
     """auto: bfloat16 on CUDA, float32 on CPU (bf16 is several times slower on CPUs without AVX-512)."""
     num_threads: int | None = None
     """torch CPU threads; None leaves torch's default."""
+    vllm_cpu_threads: int | None = Field(None, ge=1)
+    """OpenMP threads of vLLM's CPU engine (reranker scoring, synthesize): None = every core of this
+    process's affinity mask (``os.sched_getaffinity(0)``); n = the first n of them. vLLM's own default
+    keeps one core back for its scheduler, which on a 2-core machine leaves one compute thread. A
+    VLLM_CPU_OMP_THREADS_BIND or VLLM_CPU_NUM_OF_RESERVED_CPU set in the environment wins; no effect on CUDA."""
 
 
 class InferConfig(Section):

@@ -26,7 +26,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from .config import Config
-from .runtime import Placement, model_kwargs, resolve
+from .runtime import Placement, configure_vllm_cpu_threads, model_kwargs, resolve
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,11 @@ class VLLMScorer:
     """vLLM engine returning the raw log-probabilities of the label tokens for one generated token."""
 
     def __init__(self, model_path: str | Path, placement: Placement, max_length: int, tensor_parallel_size: int = 1,
-                 seed: int = 0):
+                 seed: int = 0, cpu_threads: int | None = None):
         from transformers import AutoTokenizer
         from vllm import LLM
 
+        configure_vllm_cpu_threads(cpu_threads, placement.device, tensor_parallel_size)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         dtype = str(placement.dtype).removeprefix("torch.")
         self.llm = LLM(model=str(model_path), tokenizer=str(model_path), dtype=dtype,
@@ -193,7 +194,7 @@ def make_scorer(model_path: str | Path, backend: str, config: Config) -> LabelSc
             raise RuntimeError("reranker backend 'vllm' needs vLLM, which lives in the inference environment "
                                "(.venv-infer); use backend=transformers on the training side") from None
         return VLLMScorer(model_path, placement, config.reranker.max_length, config.reranker.tensor_parallel_size,
-                          config.seed)
+                          config.seed, config.runtime.vllm_cpu_threads)
     raise ValueError(f"unknown reranker backend {backend!r}; expected 'transformers' or 'vllm'")
 
 

@@ -7,13 +7,17 @@
   when the package is installed on CUDA.
 * 4-bit loading (QLoRA): bitsandbytes NF4. Meant for CUDA; bitsandbytes 0.50's CPU backend also
   runs it (tests/test_quantize.py), only slower than float32, so CPU configs leave it off.
+* vLLM's CPU engine: its OpenMP threads get every core of the affinity mask
+  (:func:`configure_vllm_cpu_threads`, ``runtime.vllm_cpu_threads``).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
+from typing import MutableMapping
 
 from .config import RuntimeConfig
 
@@ -75,3 +79,43 @@ def model_kwargs(placement: Placement, load_in_4bit: bool = False) -> dict:
         # bitsandbytes quantizes while loading, onto the device named here
         kwargs["device_map"] = {"": 0 if placement.is_cuda else "cpu"}
     return kwargs
+
+
+VLLM_BIND = "VLLM_CPU_OMP_THREADS_BIND"
+VLLM_RESERVED = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+_BIND_SET_BY_EEDI = "EEDI_SET_VLLM_CPU_OMP_THREADS_BIND"  # marks the value as ours, not the user's
+
+
+def configure_vllm_cpu_threads(threads: int | None, device: str, tensor_parallel_size: int = 1,
+                               environ: MutableMapping[str, str] | None = None) -> str | None:
+    """Set VLLM_CPU_OMP_THREADS_BIND for the next ``vllm.LLM`` on CPU; returns the value set (None: left alone).
+
+    Why: with the default ``VLLM_CPU_OMP_THREADS_BIND=auto`` vLLM 0.32 (vllm/utils/ompmultiprocessing.py,
+    ``OMPProcessManager``) binds the worker's OpenMP threads to one logical CPU per physical core of the
+    rank's NUMA node, then keeps ``local_world_size`` (1) of those cores back for the scheduler process:
+    on a 2-core machine the model runs on 1 thread. An explicit list binds all of them. Must run before
+    the engine starts (its processes read the variable when they spawn). Leaves alone: CUDA, a
+    VLLM_CPU_OMP_THREADS_BIND or VLLM_CPU_NUM_OF_RESERVED_CPU set by the user, and tensor parallelism
+    (auto binding then gives each rank its own NUMA node).
+    """
+    env = os.environ if environ is None else environ
+    if device.startswith("cuda"):
+        return None
+    ours = env.get(_BIND_SET_BY_EEDI)
+    if VLLM_RESERVED in env or (VLLM_BIND in env and env[VLLM_BIND] != ours):
+        log.info("vLLM CPU threads: leaving the environment's %s=%r, %s=%r", VLLM_BIND, env.get(VLLM_BIND),
+                 VLLM_RESERVED, env.get(VLLM_RESERVED))
+        return None
+    if tensor_parallel_size > 1:
+        log.info("vLLM CPU threads: tensor_parallel_size=%d, leaving vLLM's per-NUMA-node auto binding",
+                 tensor_parallel_size)
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if threads is not None and threads > len(cores):
+        log.warning("runtime.vllm_cpu_threads=%d but this process may use %d core(s); using %d",
+                    threads, len(cores), len(cores))
+    value = ",".join(str(c) for c in cores[:threads])
+    env[VLLM_BIND] = env[_BIND_SET_BY_EEDI] = value
+    log.info("vLLM CPU threads: set %s=%s (%d OpenMP threads; vLLM's auto binding keeps a core back)",
+             VLLM_BIND, value, len(cores[:threads]))
+    return value

@@ -641,6 +641,10 @@ def synthesize(config: Config, llm=None) -> dict:
         tokenizer, prompts, dedup = _prepare(config, pairs, misconceptions, pending, state, settings)
         owned = llm is None
         if owned:
+            from .runtime import configure_vllm_cpu_threads, resolve
+
+            configure_vllm_cpu_threads(config.runtime.vllm_cpu_threads, resolve(config.runtime).device,
+                                       settings.kwargs["tensor_parallel_size"])
             t0 = time.perf_counter()
             llm = start_engine(settings)
             stats.engine_start_s = time.perf_counter() - t0
