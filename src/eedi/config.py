@@ -204,6 +204,15 @@ class IndexConfig(Section):
     """ivf: lists visited per query."""
     use_gpu: bool | Literal["auto"] = "auto"
     """Search on the GPU with faiss-gpu; auto: when faiss has GPU support and a GPU is visible."""
+    unseen_boost: float = Field(0.0, ge=0.0, le=1.0)
+    """Added to the cosine score of every misconception without a labelled training pair (for a fold: in its
+    training part). A fine-tuned retriever favours the misconceptions it was trained on; new questions often
+    carry others. 0: plain cosine."""
+    knn_weight: float = Field(0.0, ge=0.0, le=1.0)
+    """Label memory: a misconception's score rises by this share of the gap to its best match among the query's
+    nearest training queries labelled with it (eedi.index.CandidateRetriever). 0: off."""
+    knn_neighbours: int = Field(32, ge=1)
+    """Training queries the label memory looks at per query."""
 
 
 class RerankerLoraSection(LoraSection):
@@ -216,6 +225,10 @@ class RerankerConfig(Section):
     """Stage 5 (train-reranker) and the reranking inside evaluate/infer: a listwise LoRA causal LM that reads
     a window of candidates labelled A, B, C, ... and answers with the label of the right one."""
 
+    enabled: bool = True
+    """false: no reranker. train-reranker records itself as skipped, and infer writes the submission in the
+    retriever's order (for profiles where a reranker does not pay for its compute; quantize then needs
+    quantize.enabled=false)."""
     backbone: str = "Qwen/Qwen2.5-14B-Instruct"
     """Hugging Face model id or local folder of an instruction-tuned causal LM with a chat template."""
     load_in_4bit: bool = False

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -87,9 +87,15 @@ class FaissIndex:
         return int(self.index.ntotal)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, MisconceptionIds), each (n_queries, min(k, size)), best first."""
+        """(scores, MisconceptionIds), each (n_queries, min(k, size)), best first.
+
+        An index built with a prior (:func:`with_prior`) has one dimension more than the queries: each
+        query gets a constant 1 there, so its score is cosine + the misconception's prior."""
         k = min(k, self.size)
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim == 2 and queries.shape[1] == self.index.d - 1:
+            queries = np.hstack([queries, np.ones((len(queries), 1), dtype=np.float32)])
+        scores, rows = self.index.search(queries, k)
         if (rows < 0).any():  # IVF with too few probed lists can come back short
             raise RuntimeError(f"the index returned fewer than {k} results; raise index.nprobe")
         return scores, self.ids[rows]
@@ -139,6 +145,23 @@ def candidates_frame(keys: list[str], scores: np.ndarray, ids: np.ndarray, fold:
     }, columns=CANDIDATE_COLUMNS)
 
 
+def unseen_prior(corpus_ids: np.ndarray, seen_ids: Iterable[int], boost: float) -> np.ndarray:
+    """``boost`` for every misconception without a labelled training pair, 0 for the others.
+
+    A fine-tuned retriever ranks the misconceptions it was trained on above the ones it never saw,
+    while a test set of new questions is rich in the latter (a third of each validation fold here,
+    most of the competition's hidden test): the prior evens that out (``index.unseen_boost``)."""
+    seen = np.isin(np.asarray(corpus_ids, dtype=np.int64), np.fromiter((int(i) for i in seen_ids), dtype=np.int64))
+    return np.where(seen, 0.0, float(boost)).astype(np.float32)
+
+
+def with_prior(embeddings: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+    """Document embeddings with the prior as one extra dimension (inner product = cosine + prior)."""
+    if prior is None or not np.any(prior):
+        return embeddings
+    return np.hstack([embeddings, prior.reshape(-1, 1).astype(np.float32)])
+
+
 def top_k_from_scores(scores: np.ndarray, corpus_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of a dense (n, corpus) score matrix, best first."""
     k = min(k, scores.shape[1])
@@ -158,33 +181,106 @@ def _fold_model(run_dir: Path, name: str) -> Path:
     return path
 
 
+class CandidateRetriever:
+    """The one retrieval path (index stage, infer stage, Kaggle notebook) for one trained retriever model.
+
+    Score of misconception m for a query q (all vectors unit length)::
+
+        score(q, m) = cos(q, m) + prior(m) + knn_weight * max(0, memory(q, m) - cos(q, m))
+
+    * ``prior(m)`` = ``index.unseen_boost`` when m has no labelled training pair, else 0
+      (:func:`unseen_prior`; FAISS gets it as one extra dimension of the misconception vectors);
+    * ``memory(q, m)`` = the highest cosine between q and a *training query* labelled m, over q's
+      ``index.knn_neighbours`` nearest training queries (a second FAISS index, the "label memory").
+      Questions that share a misconception are often worded alike: the memory recalls the label of a
+      near-identical training question directly. It can only raise a score, and only of seen misconceptions.
+
+    ``labelled`` (QuestionId, QueryText, MisconceptionId) are the model's training pairs; None (zero-shot
+    use) disables both terms. Exact for ``index.kind=exact``: every misconception the memory can raise is
+    rescored, so none outside the FAISS top-k can be missed.
+    """
+
+    def __init__(self, model, misconceptions: pd.DataFrame, config: Config, labelled: pd.DataFrame | None = None):
+        from .retriever import encode_corpus, encode_queries
+
+        self.model, self.config = model, config
+        self._encode_queries = encode_queries
+        self.batch = config.retriever.encode_batch_size
+        self.corpus_ids = misconceptions["MisconceptionId"].to_numpy(np.int64)
+        self.column = {int(m): i for i, m in enumerate(self.corpus_ids)}
+        self.documents = encode_corpus(model, misconceptions["MisconceptionName"].tolist(), self.batch)
+        cfg = config.index
+        seen = [] if labelled is None else labelled["MisconceptionId"].astype(int).tolist()
+        self.prior = unseen_prior(self.corpus_ids, seen, cfg.unseen_boost if labelled is not None else 0.0)
+        self.index = FaissIndex.build(with_prior(self.documents, self.prior), self.corpus_ids, kind=cfg.kind,
+                                      nlist=cfg.nlist, nprobe=cfg.nprobe, use_gpu=cfg.use_gpu)
+        self.memory: FaissIndex | None = None
+        if labelled is not None and len(labelled) and cfg.knn_weight > 0:
+            embeddings = encode_queries(model, labelled["QueryText"].tolist(), self.batch)
+            self.memory = FaissIndex.build(embeddings, labelled["MisconceptionId"].to_numpy(np.int64), kind="exact",
+                                           use_gpu=cfg.use_gpu)
+            self.memory_questions = labelled["QuestionId"].to_numpy(np.int64)
+
+    def search(self, query_texts: list[str], question_ids: Sequence[int] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, MisconceptionIds), each (n, index.top_k), best first. ``question_ids``: the queries' own
+        QuestionIds, whose training pairs the memory then skips (candidates for a model's own training pairs
+        must not recall their own labels)."""
+        k = self.config.index.top_k
+        if not query_texts:
+            return np.empty((0, min(k, len(self.corpus_ids))), np.float32), np.empty((0, 0), np.int64)
+        queries = self._encode_queries(self.model, query_texts, self.batch)
+        scores, ids = self.index.search(queries, k)
+        if self.memory is None:
+            return scores, ids
+        cfg = self.config.index
+        k = ids.shape[1]
+        sims, rows = self.memory.index.search(np.ascontiguousarray(queries), min(cfg.knn_neighbours + 8,
+                                                                              self.memory.size))
+        out_scores = np.empty_like(scores)
+        out_ids = np.empty_like(ids)
+        for i in range(len(queries)):
+            recalled: dict[int, float] = {}
+            taken = 0
+            for sim, row in zip(sims[i], rows[i]):
+                if row < 0 or taken == cfg.knn_neighbours:
+                    break
+                if question_ids is not None and self.memory_questions[row] == question_ids[i]:
+                    continue
+                taken += 1
+                label = int(self.memory.ids[row])
+                recalled[label] = max(recalled.get(label, -1.0), float(sim))
+            pool = np.unique(np.concatenate([ids[i], np.fromiter(recalled, dtype=np.int64, count=len(recalled))]))
+            columns = np.array([self.column[int(m)] for m in pool])
+            cosine = self.documents[columns] @ queries[i]
+            memory = np.array([recalled.get(int(m), -np.inf) for m in pool])
+            final = cosine + self.prior[columns] + cfg.knn_weight * np.maximum(0.0, memory - cosine)
+            order = np.argsort(-final, kind="stable")[:k]
+            out_scores[i], out_ids[i] = final[order], pool[order]
+        return out_scores, out_ids
+
+
 def index_fold(config: Config, fold: int, pairs: pd.DataFrame, folds: pd.DataFrame,
                misconceptions: pd.DataFrame) -> dict:
     """Index + candidates + metrics for one fold."""
     from .data import train_val_split
-    from .retriever import encode_corpus, encode_queries, load_encoder
+    from .retriever import load_encoder
     from .runtime import resolve
 
     run_dir = Path(config.run_dir)
     model = load_encoder(_fold_model(run_dir, f"fold_{fold}"), resolve(config.runtime))
-    batch = config.retriever.encode_batch_size
-    corpus_ids = misconceptions["MisconceptionId"].to_numpy(np.int64)
-    index = FaissIndex.build(encode_corpus(model, misconceptions["MisconceptionName"].tolist(), batch), corpus_ids,
-                             kind=config.index.kind, nlist=config.index.nlist, nprobe=config.index.nprobe,
-                             use_gpu=config.index.use_gpu)
-    index.save(run_dir / "index" / f"fold_{fold}.faiss")
-
     train, val = train_val_split(pairs, folds, fold)
     if val.empty:
         raise ValueError(f"fold {fold} has no labelled validation pairs")
-    parts = []
-    for part, frame in (("val", val), ("train", train)):
-        scores, ids = index.search(encode_queries(model, frame["QueryText"].tolist(), batch), config.index.top_k)
-        parts.append(candidates_frame(frame["QuestionId_Answer"].tolist(), scores, ids, fold, part))
-        if part == "val":
-            seen = set(train["MisconceptionId"].astype(int))
-            actual = val["MisconceptionId"].astype(int).tolist()
-            metrics = ranking_metrics(actual, ids.tolist(), seen=[a in seen for a in actual])
+    seen = set(train["MisconceptionId"].astype(int))
+    retriever = CandidateRetriever(model, misconceptions, config, train)
+    retriever.index.save(run_dir / "index" / f"fold_{fold}.faiss")
+    val_scores, val_ids = retriever.search(val["QueryText"].tolist())
+    train_scores, train_ids = retriever.search(train["QueryText"].tolist(), train["QuestionId"].tolist())
+    parts = [candidates_frame(val["QuestionId_Answer"].tolist(), val_scores, val_ids, fold, "val"),
+             candidates_frame(train["QuestionId_Answer"].tolist(), train_scores, train_ids, fold, "train")]
+    actual = val["MisconceptionId"].astype(int).tolist()
+    metrics = ranking_metrics(actual, val_ids.tolist(), seen=[a in seen for a in actual])
     write_parquet(run_dir / "candidates" / f"fold_{fold}.parquet", pd.concat(parts, ignore_index=True))
     update_json(run_dir / "metrics.json", {f"fold_{fold}": {"retriever": metrics}})
     log.info("fold %d: retriever MAP@25 %.4f, recall@25 %.4f (%d val pairs)", fold, metrics["map@25"],
@@ -192,32 +288,37 @@ def index_fold(config: Config, fold: int, pairs: pd.DataFrame, folds: pd.DataFra
     return metrics
 
 
-def test_candidates(config: Config, test: pd.DataFrame, misconceptions: pd.DataFrame) -> str:
-    """candidates/test.parquet from the full-fit model, else the fold models' mean cosine. Returns the source."""
+def test_candidates(config: Config, test: pd.DataFrame, misconceptions: pd.DataFrame,
+                    labelled: pd.DataFrame) -> str:
+    """candidates/test.parquet from the full-fit model, else the fold models' mean cosine. Returns the source.
+
+    ``labelled``: every labelled training pair (the full-fit model's training rows: prior and label memory)."""
     from .retriever import encode_corpus, encode_queries, load_encoder
     from .runtime import resolve
 
     run_dir = Path(config.run_dir)
     placement = resolve(config.runtime)
-    batch = config.retriever.encode_batch_size
-    corpus_ids = misconceptions["MisconceptionId"].to_numpy(np.int64)
-    texts = misconceptions["MisconceptionName"].tolist()
     queries = test["QueryText"].tolist()
     if (run_dir / "retriever" / FULL / "model").is_dir():
-        model = load_encoder(_fold_model(run_dir, FULL), placement)
-        index = FaissIndex.build(encode_corpus(model, texts, batch), corpus_ids, kind=config.index.kind,
-                                 nlist=config.index.nlist, nprobe=config.index.nprobe, use_gpu=config.index.use_gpu)
-        index.save(run_dir / "index" / f"{FULL}.faiss")
-        scores, ids = index.search(encode_queries(model, queries, batch), config.index.top_k)
+        retriever = CandidateRetriever(load_encoder(_fold_model(run_dir, FULL), placement), misconceptions, config,
+                                       labelled)
+        retriever.index.save(run_dir / "index" / f"{FULL}.faiss")
+        scores, ids = retriever.search(queries)
         source = FULL
     else:
         # Cosine scores of different fold models are on one scale (all unit vectors), so their mean is a
-        # plain ensemble; dense scores are fine at this corpus size (test pairs x 2,587).
+        # plain ensemble; dense scores are fine at this corpus size (test pairs x 2,587). The label memory
+        # belongs to one model's embedding space: it is used with the full-fit model only.
+        batch = config.retriever.encode_batch_size
+        corpus_ids = misconceptions["MisconceptionId"].to_numpy(np.int64)
+        texts = misconceptions["MisconceptionName"].tolist()
         total = np.zeros((len(queries), len(corpus_ids)), dtype=np.float32)
         for fold in config.folds.use:
             model = load_encoder(_fold_model(run_dir, f"fold_{fold}"), placement)
             total += encode_queries(model, queries, batch) @ encode_corpus(model, texts, batch).T
-        scores, ids = top_k_from_scores(total / len(config.folds.use), corpus_ids, config.index.top_k)
+        seen = labelled["MisconceptionId"].astype(int)
+        total = total / len(config.folds.use) + unseen_prior(corpus_ids, seen, config.index.unseen_boost)
+        scores, ids = top_k_from_scores(total, corpus_ids, config.index.top_k)
         source = "mean of folds " + ",".join(map(str, config.folds.use))
     write_parquet(run_dir / "candidates" / "test.parquet",
                   candidates_frame(test["QuestionId_Answer"].tolist(), scores, ids, -1, "test"))
@@ -236,7 +337,8 @@ def run(config: Config) -> dict:
         summary[f"fold_{fold}"] = {k: metrics[k] for k in ("map@25", "recall@25", "n")}
     test = pairs[pairs["split"] == "test"]
     if len(test):
-        summary["test_candidates"] = test_candidates(config, test, misconceptions)
+        labelled = pairs[(pairs["split"] == "train") & pairs["MisconceptionId"].notna()]
+        summary["test_candidates"] = test_candidates(config, test, misconceptions, labelled)
     return summary
 
 

@@ -83,9 +83,15 @@ def run(config: Config) -> dict:
         build_report(run_dir)
         return {"submission": None, "reason": "no test.csv in data.dir"}
     candidates = pd.read_parquet(run_dir / "candidates" / "test.parquet")
-    name, path = choose_reranker(config)
     sample_path = Path(config.data.dir) / "sample_submission.csv"
     sample = pd.read_csv(sample_path) if sample_path.exists() else None
+    if not config.reranker.enabled:
+        test = pairs[pairs["split"] == "test"]
+        out = write_submission(run_dir / "submission.csv", candidates_to_lists(candidates), test, sample=sample)
+        build_report(run_dir)
+        log.info("submission (retriever ranking, reranker.enabled=false): %s", out)
+        return {"submission": str(out), "reranker": None, "rows": int(len(pd.read_csv(out)))}
+    name, path = choose_reranker(config)
     out = rerank_to_submission(config, path, candidates, pairs, load_misconceptions(run_dir),
                                run_dir / "submission.csv", sample)
     build_report(run_dir)
@@ -104,8 +110,8 @@ def predict(data_dir: str | Path, package_dir: str | Path, work_dir: str | Path,
     config), ``retriever/`` (a SentenceTransformer folder) and ``reranker/`` (HF folder,
     quantized or merged). Retrieval is exact inner product over all misconceptions.
     """
-    from .index import FaissIndex, candidates_frame
-    from .retriever import encode_corpus, encode_queries, load_encoder
+    from .index import CandidateRetriever, candidates_frame
+    from .retriever import load_encoder
     from .runtime import resolve
 
     package_dir, work_dir = Path(package_dir), Path(work_dir)
@@ -120,11 +126,8 @@ def predict(data_dir: str | Path, package_dir: str | Path, work_dir: str | Path,
     misconceptions = data.mapping
     placement = resolve(config.runtime)
     retriever = load_encoder(package_dir / "retriever", placement)
-    batch = config.retriever.encode_batch_size
-    corpus_ids = misconceptions["MisconceptionId"].to_numpy(np.int64)
-    index = FaissIndex.build(encode_corpus(retriever, misconceptions["MisconceptionName"].tolist(), batch),
-                             corpus_ids, kind="exact", use_gpu=config.index.use_gpu)
-    scores, ids = index.search(encode_queries(retriever, test["QueryText"].tolist(), batch), config.index.top_k)
+    labelled = pairs[(pairs["split"] == "train") & pairs["MisconceptionId"].notna()]
+    scores, ids = CandidateRetriever(retriever, misconceptions, config, labelled).search(test["QueryText"].tolist())
     del retriever  # free its memory before the reranker loads
     candidates = candidates_frame(test["QuestionId_Answer"].tolist(), scores, ids, -1, "test")
     log.info("retrieved top-%d for %d test pairs; reranking with %s", config.index.top_k, len(test),

@@ -81,7 +81,7 @@ STAGES: list[Stage] = [
           upstream=("index", "synthesize"), requires=("index",),
           outputs=lambda cfg: _run(cfg, "metrics.json", *[p for k in cfg.folds.use for p in (
               f"reranker/fold_{k}/merged", f"reranked/fold_{k}.parquet")],
-              *(["reranker/full/merged"] if cfg.folds.full_fit else []))),
+              *(["reranker/full/merged"] if cfg.folds.full_fit else [])) if cfg.reranker.enabled else []),
     Stage("quantize", "merge the reranker, quantize it to 4-bit weights with GPTQ and AWQ, reload and measure",
           "eedi.quantize:run", "train", ("quantize", "reranker", "folds"), upstream=("train-reranker",),
           outputs=lambda cfg: _run(cfg, "quantized/summary.json", *(

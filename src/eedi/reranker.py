@@ -545,6 +545,9 @@ def _training_rows(config: Config, pairs: pd.DataFrame, keys: set[str]) -> tuple
 
 def run(config: Config) -> dict:
     """Stage 5: per fold in folds.use, train the reranker on part="train", rerank part="val", record MAP."""
+    if not config.reranker.enabled:
+        log.info("reranker.enabled=false: no reranker is trained; infer submits the retriever's ranking")
+        return {"skipped": "reranker.enabled=false"}
     run_dir = Path(config.run_dir)
     pairs, folds, misconceptions = load_pairs(run_dir), load_folds(run_dir), load_misconceptions(run_dir)
     summary: dict = {"folds": {}}
