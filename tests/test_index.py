@@ -154,3 +154,87 @@ def test_fine_tuned_minilm_beats_zero_shot(indexed_sample, fold0):
            (indexed_sample / "retriever" / "fold_0" / "train_log.jsonl").read_text().splitlines()]
     assert log[0]["val_map@25"] == pytest.approx(zero_shot, abs=1e-3)
     assert log[-1]["val_map@25"] == pytest.approx(tuned, abs=2e-3)
+
+
+# --------------------------------------------------------------------------- label memory and unseen prior
+
+
+@pytest.fixture(scope="module")
+def small_retrieval(minilm_path, sample_dir):
+    """A real MiniLM, 60 misconceptions of the sample, 40 labelled training queries and 12 new ones."""
+    from sentence_transformers import SentenceTransformer
+
+    from eedi.config import load_config
+    from eedi.data import build_pairs, load_kaggle_dir
+
+    cfg = load_config(None, [f"data.dir={sample_dir}"])
+    data = load_kaggle_dir(sample_dir)
+    pairs = build_pairs(data, cfg.data)
+    labelled = pairs[pairs["MisconceptionId"].notna()].reset_index(drop=True)
+    train, new = labelled.iloc[:40].copy(), labelled.iloc[40:52].copy()
+    used = set(train["MisconceptionId"].astype(int)) | set(new["MisconceptionId"].astype(int))
+    extra = data.mapping[~data.mapping["MisconceptionId"].isin(used)].head(60 - len(used))
+    misconceptions = pd.concat([data.mapping[data.mapping["MisconceptionId"].isin(used)], extra])
+    model = SentenceTransformer(str(minilm_path), device="cpu")
+    return model, misconceptions.reset_index(drop=True), train, new
+
+
+def _config(**index):
+    from eedi.config import load_config
+
+    return load_config(None, [f"index.{k}={v}" for k, v in index.items()] + ["index.use_gpu=false"])
+
+
+def test_candidate_retriever_equals_the_dense_formula(small_retrieval):
+    """score = cos + prior + w * max(0, memory - cos), over the whole corpus, top-k in that order."""
+    from eedi.index import CandidateRetriever
+    from eedi.retriever import encode_corpus, encode_queries
+
+    model, misconceptions, train, new = small_retrieval
+    w, boost, k = 0.4, 0.06, 15
+    cfg = _config(knn_weight=w, unseen_boost=boost, top_k=k, knn_neighbours=40)
+    scores, ids = CandidateRetriever(model, misconceptions, cfg, train).search(new["QueryText"].tolist())
+
+    corpus_ids = misconceptions["MisconceptionId"].to_numpy()
+    q = encode_queries(model, new["QueryText"].tolist())
+    cosine = q @ encode_corpus(model, misconceptions["MisconceptionName"].tolist()).T
+    memory_sim = q @ encode_queries(model, train["QueryText"].tolist()).T
+    labels = train["MisconceptionId"].astype(int).to_numpy()
+    memory = np.stack([[memory_sim[i, labels == m].max() if (labels == m).any() else -np.inf for m in corpus_ids]
+                       for i in range(len(q))])
+    prior = np.where(np.isin(corpus_ids, labels), 0.0, boost)
+    dense = cosine + prior + w * np.maximum(0.0, memory - cosine)
+    want_scores, want_ids = top_k_from_scores(dense.astype(np.float32), corpus_ids, k)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+
+
+def test_label_memory_recalls_a_repeated_question_but_not_its_own(small_retrieval):
+    from eedi.index import CandidateRetriever
+
+    model, misconceptions, train, _ = small_retrieval
+    cfg = _config(knn_weight=1.0, top_k=5)
+    retriever = CandidateRetriever(model, misconceptions, cfg, train)
+    queries = train["QueryText"].tolist()[:10]
+    _, ids = retriever.search(queries)
+    # memory = 1.0 for the query's own training row: its label is first whatever the cosine says
+    assert ids[:, 0].tolist() == train["MisconceptionId"].astype(int).tolist()[:10]
+    _, own_excluded = retriever.search(queries, train["QuestionId"].tolist()[:10])
+    plain = CandidateRetriever(model, misconceptions, _config(top_k=5), train).search(queries)[1]
+    assert not np.array_equal(own_excluded, ids)
+    assert own_excluded.shape == plain.shape
+
+
+def test_unseen_prior_lifts_every_unseen_misconception_and_zero_is_plain_cosine(small_retrieval):
+    from eedi.index import CandidateRetriever
+
+    model, misconceptions, train, new = small_retrieval
+    seen = set(train["MisconceptionId"].astype(int))
+    n_unseen = int((~misconceptions["MisconceptionId"].isin(seen)).sum())
+    lifted = CandidateRetriever(model, misconceptions, _config(unseen_boost=1.0, top_k=n_unseen), train)
+    _, ids = lifted.search(new["QueryText"].tolist())
+    assert not (set(ids.ravel().tolist()) & seen)
+    plain_scores, plain_ids = CandidateRetriever(model, misconceptions, _config(top_k=10), train).search(
+        new["QueryText"].tolist())
+    zero_shot = CandidateRetriever(model, misconceptions, _config(unseen_boost=0.5, knn_weight=0.5, top_k=10), None)
+    np.testing.assert_array_equal(zero_shot.search(new["QueryText"].tolist())[1], plain_ids)

@@ -130,6 +130,11 @@ def predict(data_dir: str | Path, package_dir: str | Path, work_dir: str | Path,
     scores, ids = CandidateRetriever(retriever, misconceptions, config, labelled).search(test["QueryText"].tolist())
     del retriever  # free its memory before the reranker loads
     candidates = candidates_frame(test["QuestionId_Answer"].tolist(), scores, ids, -1, "test")
+    if not config.reranker.enabled:
+        log.info("retrieved top-%d for %d test pairs; reranker.enabled=false: submitting that ranking",
+                 config.index.top_k, len(test))
+        return write_submission(work_dir / "submission.csv", candidates_to_lists(candidates), test,
+                                sample=data.sample_submission)
     log.info("retrieved top-%d for %d test pairs; reranking with %s", config.index.top_k, len(test),
              package.get("reranker_kind"))
     return rerank_to_submission(config, package_dir / "reranker", candidates, pairs, misconceptions,

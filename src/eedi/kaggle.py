@@ -8,6 +8,7 @@ Kaggle code-competition notebooks run offline, so everything the notebook
       config.yaml      the run's resolved config (query template, top-K, reranker windows, fusion)
       retriever/       SentenceTransformer folder (full-fit model if trained, else the first fold's)
       reranker/        HF folder: quantized (gptq/awq) or merged, per infer.reranker_model
+                       (absent when reranker.enabled is false: the submission is the retriever's ranking)
       wheels/          the eedi wheel; with --with-deps also every dependency of [infer-cuda]
 
 ``--with-deps`` runs ``pip download`` for the inference extras, which needs an index (PyPI)
@@ -58,10 +59,12 @@ def package(config: Config, out: str | Path, with_deps: bool = False) -> Path:
     """Write the Kaggle dataset folder for the run in ``config.run_dir`` (atomically)."""
     out = Path(out)
     retriever = _retriever_dir(config)
-    reranker_kind, reranker = choose_reranker(config)
+    # reranker.enabled=false (the CPU-Kaggle profile): the package holds the retriever alone.
+    reranker_kind, reranker = choose_reranker(config) if config.reranker.enabled else (None, None)
     with atomic_dir(out) as tmp:
         shutil.copytree(retriever, tmp / "retriever")
-        shutil.copytree(reranker, tmp / "reranker")
+        if reranker is not None:
+            shutil.copytree(reranker, tmp / "reranker")
         (tmp / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
         wheels = build_wheels(tmp / "wheels", with_deps)
         write_json(tmp / "package.json", {
@@ -70,10 +73,11 @@ def package(config: Config, out: str | Path, with_deps: bool = False) -> Path:
             "run_dir": str(Path(config.run_dir).resolve()),
             "retriever_from": str(retriever),
             "reranker_kind": reranker_kind,
-            "reranker_from": str(reranker),
+            "reranker_from": str(reranker) if reranker is not None else None,
             "infer_backend": config.infer.backend,
             "wheels": wheels,
-            "sha256": {name: tree_sha256(tmp / name) for name in ("retriever", "reranker", "config.yaml")},
+            "sha256": {name: tree_sha256(tmp / name) for name in ("retriever", "reranker", "config.yaml")
+                       if (tmp / name).exists()},
         })
     log.info("packaged %s (retriever %s, reranker %s) into %s", config.run_dir, retriever, reranker_kind, out)
     return out
