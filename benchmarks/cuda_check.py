@@ -33,8 +33,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 def versions() -> dict:
     out = {}
-    for name in ("torch", "transformers", "peft", "sentence_transformers", "trl", "accelerate", "bitsandbytes",
-                 "faiss", "vllm", "llmcompressor"):
+    for name in (
+        "torch",
+        "transformers",
+        "peft",
+        "sentence_transformers",
+        "trl",
+        "accelerate",
+        "bitsandbytes",
+        "faiss",
+        "vllm",
+        "llmcompressor",
+    ):
         try:
             module = importlib.import_module(name)
             out[name] = getattr(module, "__version__", "?")
@@ -91,32 +101,62 @@ def main() -> int:
 
     from eedi.pretrained import build_tiny_qwen2
 
-    model_dir = build_tiny_qwen2(Path(args.run_dir).parent / "qwen2-random", args.tokenizer,
-                                 hidden_size=args.hidden, layers=args.layers, heads=args.hidden // 64,
-                                 kv_heads=max(1, args.hidden // 512))
+    model_dir = build_tiny_qwen2(
+        Path(args.run_dir).parent / "qwen2-random",
+        args.tokenizer,
+        hidden_size=args.hidden,
+        layers=args.layers,
+        heads=args.hidden // 64,
+        kv_heads=max(1, args.hidden // 512),
+    )
     report["backbone"] = {"kind": "random Qwen2", "hidden": args.hidden, "layers": args.layers}
     report["step_benchmark"] = step_benchmark(model_dir)
     print(json.dumps(report["step_benchmark"], indent=1), flush=True)
 
     has_bnb = not str(report["versions"]["bitsandbytes"]).startswith("unavailable")
     overrides = [
-        f"data.dir={REPO / 'data' / 'sample'}", f"run_dir={args.run_dir}", "folds.use=[0]", "folds.full_fit=false",
-        f"retriever.backbone={model_dir}", f"reranker.backbone={model_dir}",
-        f"retriever.load_in_4bit={str(has_bnb).lower()}", f"reranker.load_in_4bit={str(has_bnb).lower()}",
-        "reranker.backend=transformers", "synthetic.enabled=false", *args.overrides,
+        f"data.dir={REPO / 'data' / 'sample'}",
+        f"run_dir={args.run_dir}",
+        "folds.use=[0]",
+        "folds.full_fit=false",
+        f"retriever.backbone={model_dir}",
+        f"reranker.backbone={model_dir}",
+        f"retriever.load_in_4bit={str(has_bnb).lower()}",
+        f"reranker.load_in_4bit={str(has_bnb).lower()}",
+        "reranker.backend=transformers",
+        "synthetic.enabled=false",
+        *args.overrides,
     ]
     stages = "prepare,train-retriever,index,train-reranker,evaluate"
     t0 = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "eedi", "run", "--config", str(REPO / "configs" / "qwen2.5-14b.yaml"),
-                             "--stages", stages, "--force", *overrides], cwd=REPO,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    report["pipeline"] = {"exit_code": result.returncode, "seconds": round(time.perf_counter() - t0, 1),
-                          "overrides": overrides}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eedi",
+            "run",
+            "--config",
+            str(REPO / "configs" / "qwen2.5-14b.yaml"),
+            "--stages",
+            stages,
+            "--force",
+            *overrides,
+        ],
+        cwd=REPO,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
+    report["pipeline"] = {
+        "exit_code": result.returncode,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "overrides": overrides,
+    }
     run_dir = Path(args.run_dir)
     if (run_dir / "manifest.json").exists():
         manifest = json.loads((run_dir / "manifest.json").read_text())
-        report["pipeline"]["stages"] = {k: {x: v.get(x) for x in ("status", "seconds", "peak_rss_mb", "error")}
-                                        for k, v in manifest["stages"].items()}
+        report["pipeline"]["stages"] = {
+            k: {x: v.get(x) for x in ("status", "seconds", "peak_rss_mb", "error")}
+            for k, v in manifest["stages"].items()
+        }
     if (run_dir / "metrics.json").exists():
         report["metrics"] = json.loads((run_dir / "metrics.json").read_text())
     (out / "cuda_check.json").write_text(json.dumps(report, indent=2, default=str))

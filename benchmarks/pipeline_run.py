@@ -40,8 +40,17 @@ def main() -> int:
     run_dir = REPO / args.run_dir
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    cmd = [sys.executable, "-m", "eedi", "run", "--config", args.config, "--force", f"run_dir={args.run_dir}",
-           *args.overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "eedi",
+        "run",
+        "--config",
+        args.config,
+        "--force",
+        f"run_dir={args.run_dir}",
+        *args.overrides,
+    ]
     t0 = time.perf_counter()
     result = subprocess.run(cmd, cwd=REPO)
     wall = time.perf_counter() - t0
@@ -49,14 +58,24 @@ def main() -> int:
     manifest = json.loads((REPO / args.run_dir / "manifest.json").read_text())
     metrics_path = REPO / args.run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    stages = {name: {"seconds": s.get("seconds"), "peak_rss_mb": s.get("peak_rss_mb"), "status": s.get("status")}
-              for name, s in manifest["stages"].items()}
+    stages = {
+        name: {"seconds": s.get("seconds"), "peak_rss_mb": s.get("peak_rss_mb"), "status": s.get("status")}
+        for name, s in manifest["stages"].items()
+    }
     peak = max([s["peak_rss_mb"] or 0 for s in stages.values()] + [children_peak_mb])
     record = {
-        "config": args.config, "overrides": args.overrides, "exit_code": result.returncode,
-        "wall_seconds": round(wall, 1), "peak_rss_mb": round(peak, 1), "stages": stages,
-        "targets": {"wall_seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_RSS_MB,
-                    "wall_ratio": round(wall / TARGET_SECONDS, 3), "rss_ratio": round(peak / TARGET_RSS_MB, 3)},
+        "config": args.config,
+        "overrides": args.overrides,
+        "exit_code": result.returncode,
+        "wall_seconds": round(wall, 1),
+        "peak_rss_mb": round(peak, 1),
+        "stages": stages,
+        "targets": {
+            "wall_seconds": TARGET_SECONDS,
+            "peak_rss_mb": TARGET_RSS_MB,
+            "wall_ratio": round(wall / TARGET_SECONDS, 3),
+            "rss_ratio": round(peak / TARGET_RSS_MB, 3),
+        },
         "mean_metrics": metrics.get("mean"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
     }
@@ -64,11 +83,13 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
 
-    print(f"\n| stage | seconds | peak RSS (MB) |\n|---|---:|---:|")
+    print("\n| stage | seconds | peak RSS (MB) |\n|---|---:|---:|")
     for name, s in stages.items():
         print(f"| {name} | {s['seconds']} | {s['peak_rss_mb']} |")
-    print(f"| **total** | **{wall:.0f}** ({wall / TARGET_SECONDS:.2f}x of the 15 min target) "
-          f"| **{peak:.0f}** ({peak / TARGET_RSS_MB:.2f}x of 8 GB) |")
+    print(
+        f"| **total** | **{wall:.0f}** ({wall / TARGET_SECONDS:.2f}x of the 15 min target) "
+        f"| **{peak:.0f}** ({peak / TARGET_RSS_MB:.2f}x of 8 GB) |"
+    )
     print(f"\nwrote {out}")
     return result.returncode
 

@@ -19,7 +19,7 @@ Every system is measured on the same folds of the project's own ``folds.csv`` (G
 Reported per system and fold: MAP@25, recall@{1,5,25,100}, MAP@25 on misconceptions seen / unseen in
 the fold's training part, and CPU seconds (training and scoring; per pipeline stage for ours). Then the
 mean and sample standard deviation over the folds. Written to ``benchmarks/results/real_data.json`` and
-``.md``; README.md's real-data table is that file's table.
+``.md``; the README's and docs/results.md's real-data tables are that file's table.
 
 The CPU seconds of a stage are those of its process and its children (``getrusage``): on 2 cores a stage
 that keeps both busy spends about twice its wall time.
@@ -48,8 +48,10 @@ BASELINES = ("tfidf", "minilm-zero-shot", "mnrl")
 # name -> (stages, overrides on top of the benchmark's config). "ours" is the config as it is.
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ours": (("prepare", "train-retriever", "index"), ()),
-    "ours+synthetic": (("prepare", "synthesize", "train-retriever", "index"),
-                       ("synthetic.enabled=true", "synthetic.use=true")),
+    "ours+synthetic": (
+        ("prepare", "synthesize", "train-retriever", "index"),
+        ("synthetic.enabled=true", "synthetic.use=true"),
+    ),
     "ours+reranker": (("prepare", "train-retriever", "index", "train-reranker"), ()),
 }
 INFER_SIDE = {"synthesize"}
@@ -66,10 +68,9 @@ def children_cpu_seconds() -> float:
 
 
 def metrics_block(actual: list[int], ranked: np.ndarray, seen_ids: set[int]) -> dict:
-    from eedi.metrics import ranking_metrics
+    from eedi.evaluation.metrics import ranking_metrics
 
-    return ranking_metrics(actual, ranked.tolist(), seen=[a in seen_ids for a in actual],
-                           recall_ks=(1, 5, 25, 100))
+    return ranking_metrics(actual, ranked.tolist(), seen=[a in seen_ids for a in actual], recall_ks=(1, 5, 25, 100))
 
 
 # --------------------------------------------------------------------------- baselines
@@ -78,7 +79,7 @@ def metrics_block(actual: list[int], ranked: np.ndarray, seen_ids: set[int]) -> 
 def tfidf_ranking(train, val, corpus_ids, corpus_texts) -> np.ndarray:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from eedi.index import top_k_from_scores
+    from eedi.retrieval.search import top_k_from_scores
 
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     vectorizer.fit(list(corpus_texts) + train["QueryText"].tolist())
@@ -87,15 +88,16 @@ def tfidf_ranking(train, val, corpus_ids, corpus_texts) -> np.ndarray:
 
 
 def encoder_ranking(model, val, corpus_ids, corpus_texts, batch_size: int) -> np.ndarray:
-    from eedi.index import top_k_from_scores
-    from eedi.retriever import encode_corpus, encode_queries
+    from eedi.retrieval.model import encode_corpus, encode_queries
+    from eedi.retrieval.search import top_k_from_scores
 
-    scores = encode_queries(model, val["QueryText"].tolist(), batch_size) @ encode_corpus(
-        model, corpus_texts, batch_size).T
+    scores = (
+        encode_queries(model, val["QueryText"].tolist(), batch_size) @ encode_corpus(model, corpus_texts, batch_size).T
+    )
     return top_k_from_scores(scores, corpus_ids, 100)[1]
 
 
-# Retrieval-time terms of eedi.index.CandidateRetriever, switched on and off over one trained model.
+# Retrieval-time terms of eedi.retrieval.search.CandidateRetriever, switched on and off over one trained model.
 ABLATIONS = {
     "cosine only": ("index.knn_weight=0.0", "index.unseen_boost=0.0"),
     "+ unseen prior": ("index.knn_weight=0.0",),
@@ -107,19 +109,21 @@ ABLATIONS = {
 def fused_ranking(model, cfg_path: str, overrides: list[str], train, val, misconceptions) -> np.ndarray:
     """The pipeline's own retrieval (label memory and prior per the config) over ``model``."""
     from eedi.config import load_config
-    from eedi.index import CandidateRetriever
+    from eedi.retrieval.search import CandidateRetriever
 
     cfg = load_config(REPO / cfg_path, [*overrides, "index.top_k=100"])
     return CandidateRetriever(model, misconceptions, cfg, train).search(val["QueryText"].tolist())[1]
 
 
-def run_ablations(base: str, cfg_path: str, overrides: list[str], run_dir: Path, folds: list[int],
-                  models: dict | None = None) -> dict[str, dict]:
+def run_ablations(
+    base: str, cfg_path: str, overrides: list[str], run_dir: Path, folds: list[int], models: dict | None = None
+) -> dict[str, dict]:
     """Per-fold metrics of each ABLATIONS row, over ``models`` (fold -> model) or else the fold models
     that ``run_dir`` holds; pairs and folds come from ``run_dir``."""
     from eedi.config import RuntimeConfig
-    from eedi.data import load_folds, load_misconceptions, load_pairs, train_val_split
-    from eedi.retriever import load_encoder
+    from eedi.data.artifacts import load_folds, load_misconceptions, load_pairs
+    from eedi.data.folds import train_val_split
+    from eedi.retrieval.model import load_encoder
     from eedi.runtime import resolve
 
     placement = resolve(RuntimeConfig(device="cpu", dtype="float32"))
@@ -134,8 +138,9 @@ def run_ablations(base: str, cfg_path: str, overrides: list[str], run_dir: Path,
         seen = set(train["MisconceptionId"].astype(int))
         for name, extra in ABLATIONS.items():
             ranked = fused_ranking(model, cfg_path, [*overrides, *extra], train, val, misconceptions)
-            out[f"{base} {name}"][f"fold_{fold}"] = metrics_block(val["MisconceptionId"].astype(int).tolist(),
-                                                                   ranked, seen)
+            out[f"{base} {name}"][f"fold_{fold}"] = metrics_block(
+                val["MisconceptionId"].astype(int).tolist(), ranked, seen
+            )
     return out
 
 
@@ -146,33 +151,46 @@ def train_mnrl(cfg, train, corpus_ids, corpus_texts, out_dir: Path):
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from eedi.retriever import build_model
+    from eedi.retrieval.model import build_model
     from eedi.runtime import resolve
 
     rc = cfg.retriever
     placement = resolve(cfg.runtime)
     model = build_model(rc, placement)
     texts = dict(zip(corpus_ids.tolist(), corpus_texts))
-    dataset = Dataset.from_dict({"anchor": train["QueryText"].tolist(),
-                                 "positive": [texts[int(m)] for m in train["MisconceptionId"]]})
+    dataset = Dataset.from_dict(
+        {"anchor": train["QueryText"].tolist(), "positive": [texts[int(m)] for m in train["MisconceptionId"]]}
+    )
     steps = max(1, -(-len(dataset) // rc.batch_size)) * rc.epochs
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(out_dir), num_train_epochs=rc.epochs, per_device_train_batch_size=rc.batch_size,
-        learning_rate=rc.lr, warmup_steps=int(round(rc.warmup_ratio * steps)), lr_scheduler_type="linear",
-        batch_sampler=BatchSamplers.NO_DUPLICATES, use_cpu=not placement.is_cuda, bf16=placement.is_cuda,
-        save_strategy="no", report_to="none", seed=cfg.seed, logging_steps=20, disable_tqdm=True,
+        output_dir=str(out_dir),
+        num_train_epochs=rc.epochs,
+        per_device_train_batch_size=rc.batch_size,
+        learning_rate=rc.lr,
+        warmup_steps=int(round(rc.warmup_ratio * steps)),
+        lr_scheduler_type="linear",
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        use_cpu=not placement.is_cuda,
+        bf16=placement.is_cuda,
+        save_strategy="no",
+        report_to="none",
+        seed=cfg.seed,
+        logging_steps=20,
+        disable_tqdm=True,
         prompts={"anchor": model.prompts["query"]} if model.prompts.get("query") else None,
     )
-    SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
-                               loss=MultipleNegativesRankingLoss(model)).train()
+    SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, loss=MultipleNegativesRankingLoss(model)
+    ).train()
     return model
 
 
 def run_baselines(cfg, run_dir: Path, folds: list[int], systems: list[str], work: Path) -> dict:
     import torch
 
-    from eedi.data import load_folds, load_misconceptions, load_pairs, train_val_split
-    from eedi.retriever import build_model
+    from eedi.data.artifacts import load_folds, load_misconceptions, load_pairs
+    from eedi.data.folds import train_val_split
+    from eedi.retrieval.model import build_model
     from eedi.runtime import resolve
 
     pairs, fold_table, misconceptions = load_pairs(run_dir), load_folds(run_dir), load_misconceptions(run_dir)
@@ -216,8 +234,15 @@ def run_variant(name: str, config: str, overrides: list[str], folds: list[int], 
     """The pipeline's stages for one variant, each in its own process; metrics from its metrics.json."""
     stages, extra = VARIANTS[name]
     run_dir = work / name
-    args = ["--config", config, *overrides, *extra, f"run_dir={run_dir}", f"folds.use={list(folds)}",
-            "folds.full_fit=false"]
+    args = [
+        "--config",
+        config,
+        *overrides,
+        *extra,
+        f"run_dir={run_dir}",
+        f"folds.use={list(folds)}",
+        "folds.full_fit=false",
+    ]
     train_python = os.environ.get("EEDI_TRAIN_PYTHON") or sys.executable
     infer_python = os.environ.get("EEDI_INFER_PYTHON") or str(REPO / ".venv-infer" / "bin" / "python")
     stage_cpu: dict[str, float] = {}
@@ -226,11 +251,16 @@ def run_variant(name: str, config: str, overrides: list[str], folds: list[int], 
         python = infer_python if stage in INFER_SIDE else train_python
         logging.info("%s: stage %s", name, stage)
         cpu0, t0 = children_cpu_seconds(), time.perf_counter()
-        result = subprocess.run([python, "-m", "eedi", stage, "--force", *args], cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=open(work / f"{name}.{stage}.log", "w"))
+        result = subprocess.run(
+            [python, "-m", "eedi", stage, "--force", *args],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / f"{name}.{stage}.log", "w"),
+        )
         if result.returncode:
-            raise SystemExit(f"{name}: stage {stage} failed (exit {result.returncode}); see "
-                             f"{work / f'{name}.{stage}.log'}")
+            raise SystemExit(
+                f"{name}: stage {stage} failed (exit {result.returncode}); see {work / f'{name}.{stage}.log'}"
+            )
         stage_cpu[stage] = round(children_cpu_seconds() - cpu0, 1)
         stage_wall[stage] = round(time.perf_counter() - t0, 1)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -254,19 +284,26 @@ def aggregate(per_fold: dict[str, dict]) -> dict:
     for key in (*HEADLINE, "cpu_seconds"):
         values = [b[key] for b in per_fold.values() if key in b]
         if values:
-            out[key] = {"mean": round(float(np.mean(values)), 4),
-                        "std": round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else 0.0,
-                        "min": round(float(np.min(values)), 4), "max": round(float(np.max(values)), 4)}
+            out[key] = {
+                "mean": round(float(np.mean(values)), 4),
+                "std": round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else 0.0,
+                "min": round(float(np.min(values)), 4),
+                "max": round(float(np.max(values)), 4),
+            }
     return out
 
 
 def markdown(record: dict) -> str:
-    lines = [f"Real-data cross-validation: `{record['data']}`, folds {record['folds']} of the project's "
-             f"{record['n_splits']}-fold GroupKFold by question, config `{record['config']}` "
-             f"{' '.join(record['overrides'])}".rstrip(),
-             f"({record['machine']}; CPU: {record['cpu']}). Mean ± sample std over the folds.", "",
-             "| system | MAP@25 | recall@1 | recall@5 | recall@25 | recall@100 | MAP@25 seen | MAP@25 unseen "
-             "| CPU s / fold |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Real-data cross-validation: `{record['data']}`, folds {record['folds']} of the project's "
+        f"{record['n_splits']}-fold GroupKFold by question, config `{record['config']}` "
+        f"{' '.join(record['overrides'])}".rstrip(),
+        f"({record['machine']}; CPU: {record['cpu']}). Mean ± sample std over the folds.",
+        "",
+        "| system | MAP@25 | recall@1 | recall@5 | recall@25 | recall@100 | MAP@25 seen | MAP@25 unseen "
+        "| CPU s / fold |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, system in record["systems"].items():
         agg = system["mean"]
         cells = [f"{agg[k]['mean']:.3f} ± {agg[k]['std']:.3f}" if k in agg else "–" for k in HEADLINE]
@@ -276,8 +313,10 @@ def markdown(record: dict) -> str:
     if stage_rows:
         lines += ["", "CPU seconds per pipeline stage (all folds together; wall seconds in brackets):", ""]
         for name, system in stage_rows:
-            parts = [f"{stage} {cpu:.0f} ({system['stage_wall_seconds'][stage]:.0f})"
-                     for stage, cpu in system["stage_cpu_seconds"].items()]
+            parts = [
+                f"{stage} {cpu:.0f} ({system['stage_wall_seconds'][stage]:.0f})"
+                for stage, cpu in system["stage_cpu_seconds"].items()
+            ]
             lines.append(f"* {name}: " + ", ".join(parts))
     if "ratios" in record:
         lines += ["", "Ratios (means over folds): " + ", ".join(f"{k} {v}" for k, v in record["ratios"].items())]
@@ -289,8 +328,7 @@ def main() -> int:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "eedi-dev"))
     parser.add_argument("--config", default="configs/cpu-kaggle.yaml")
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--systems", nargs="+", default=[*BASELINES, "ours"],
-                        help=f"any of {[*BASELINES, *VARIANTS]}")
+    parser.add_argument("--systems", nargs="+", default=[*BASELINES, "ours"], help=f"any of {[*BASELINES, *VARIANTS]}")
     parser.add_argument("--work", default=str(REPO / "runs" / "bench-real"), help="run directories (git-ignored)")
     parser.add_argument("--out", default=str(RESULTS / "real_data.json"))
     parser.add_argument("overrides", nargs="*", metavar="key=value")
@@ -301,14 +339,15 @@ def main() -> int:
         parser.error(f"unknown system(s) {unknown}; choose from {[*BASELINES, *VARIANTS]}")
 
     from eedi.config import load_config
-    from eedi.pipeline import run_stage
+    from eedi.pipeline.runner import run_stage
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     overrides = [f"data.dir={Path(args.data).resolve()}", *args.overrides]
     base_dir = work / "baselines"
-    cfg = load_config(REPO / args.config, [*overrides, f"run_dir={base_dir}", f"folds.use={args.folds}",
-                                           "folds.full_fit=false"])
+    cfg = load_config(
+        REPO / args.config, [*overrides, f"run_dir={base_dir}", f"folds.use={args.folds}", "folds.full_fit=false"]
+    )
     if cfg.runtime.num_threads:
         import torch
 
@@ -323,30 +362,43 @@ def main() -> int:
     fused_overrides = [*overrides, f"run_dir={base_dir}"]
     if mnrl_models:
         # The same retrieval-time terms over the baseline's models: what the recipe adds beyond them.
-        for name, per_fold in run_ablations("mnrl", args.config, fused_overrides, base_dir, args.folds,
-                                            mnrl_models).items():
+        for name, per_fold in run_ablations(
+            "mnrl", args.config, fused_overrides, base_dir, args.folds, mnrl_models
+        ).items():
             systems[name] = {"folds": per_fold}
         del mnrl_models
     for name in args.systems:
         if name in VARIANTS:
             systems[name] = run_variant(name, args.config, overrides, args.folds, work)
             if name == "ours":
-                for ablation, per_fold in run_ablations("ours", args.config, fused_overrides, work / name,
-                                                        args.folds).items():
+                for ablation, per_fold in run_ablations(
+                    "ours", args.config, fused_overrides, work / name, args.folds
+                ).items():
                     systems[ablation] = {"folds": per_fold}
     for system in systems.values():
         system["mean"] = aggregate(system["folds"])
     record = {
-        "data": str(args.data), "config": args.config, "overrides": args.overrides, "folds": args.folds,
-        "n_splits": cfg.folds.n_splits, "epochs": cfg.retriever.epochs, "backbone": cfg.retriever.backbone,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus", "cpu": cpu_flags(),
-        "load_average_before": [round(x, 2) for x in load_before], "wall_seconds": round(time.time() - started),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "systems": systems,
+        "data": str(args.data),
+        "config": args.config,
+        "overrides": args.overrides,
+        "folds": args.folds,
+        "n_splits": cfg.folds.n_splits,
+        "epochs": cfg.retriever.epochs,
+        "backbone": cfg.retriever.backbone,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+        "cpu": cpu_flags(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "wall_seconds": round(time.time() - started),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "systems": systems,
     }
     if "mnrl" in systems:
         mnrl = systems["mnrl"]["mean"]["map@25"]["mean"]
-        record["ratios"] = {f"{name} / mnrl MAP@25": round(s["mean"]["map@25"]["mean"] / mnrl, 3)
-                            for name, s in systems.items() if name != "mnrl"}
+        record["ratios"] = {
+            f"{name} / mnrl MAP@25": round(s["mean"]["map@25"]["mean"] / mnrl, 3)
+            for name, s in systems.items()
+            if name != "mnrl"
+        }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")

@@ -6,7 +6,7 @@
 Same data (data.dir, fold 0 of folds.csv), same backbone, pooling, query prompt, LoRA setting,
 epochs, batch size, learning rate and warm-up. The only differences are the recipes:
 
-* ours (``eedi.retriever.train_fold``): hard negatives mined with the current model + random
+* ours (``eedi.retrieval.train.train_fold``): hard negatives mined with the current model + random
   negatives + in-batch negatives, documents deduplicated per batch, length-sorted chunks per batch,
   ``retriever.temperature``;
 * MNRL: ``(query, positive)`` pairs, ``MultipleNegativesRankingLoss`` with its default scale (20),
@@ -17,7 +17,7 @@ mining; the validation passes are excluded from both; with ``retriever.max_steps
 steps), fold-0 validation MAP@25 zero-shot and after every epoch, and MAP gain per CPU minute of
 training. ``--repeats N`` trains each recipe N times, in alternating order, and reports the median run: on 2 cores
 a single run's CPU time varies by a few percent. Neither recipe writes Trainer checkpoints. Written to
-``benchmarks/results/retriever_vs_mnrl.json`` and ``.md`` (the table pasted into README.md).
+``benchmarks/results/retriever_vs_mnrl.json`` and ``.md`` (the table in docs/results.md).
 """
 
 from __future__ import annotations
@@ -44,15 +44,17 @@ def train_mnrl(cfg, train, val, corpus_ids, corpus_texts, out_dir: Path) -> list
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
 
-    from eedi.retriever import build_model, retrieval_map
+    from eedi.retrieval.model import build_model
+    from eedi.retrieval.train import retrieval_map
     from eedi.runtime import resolve
 
     rc = cfg.retriever
     placement = resolve(cfg.runtime)
     model = build_model(rc, placement)
     texts = dict(zip(corpus_ids.tolist(), corpus_texts))
-    dataset = Dataset.from_dict({"anchor": train["QueryText"].tolist(),
-                                 "positive": [texts[int(m)] for m in train["MisconceptionId"]]})
+    dataset = Dataset.from_dict(
+        {"anchor": train["QueryText"].tolist(), "positive": [texts[int(m)] for m in train["MisconceptionId"]]}
+    )
     val_queries, val_positives = val["QueryText"].tolist(), val["MisconceptionId"].astype(int).tolist()
     log: list[dict] = []
 
@@ -71,8 +73,10 @@ def train_mnrl(cfg, train, val, corpus_ids, corpus_texts, out_dir: Path) -> list
             self.t0, self.cpu0 = time.perf_counter(), time.process_time()
 
         def timing(self) -> dict:
-            return {"train_seconds": round(time.perf_counter() - self.t0, 2),
-                    "train_cpu_seconds": round(time.process_time() - self.cpu0, 2)}
+            return {
+                "train_seconds": round(time.perf_counter() - self.t0, 2),
+                "train_cpu_seconds": round(time.process_time() - self.cpu0, 2),
+            }
 
         def on_epoch_end(self, args, state, control, **kwargs):
             evaluate(round(state.epoch, 4), self.timing())
@@ -84,15 +88,24 @@ def train_mnrl(cfg, train, val, corpus_ids, corpus_texts, out_dir: Path) -> list
 
     steps = rc.max_steps or max(1, -(-len(dataset) // rc.batch_size)) * rc.epochs
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(out_dir), num_train_epochs=rc.epochs, max_steps=rc.max_steps or -1,
+        output_dir=str(out_dir),
+        num_train_epochs=rc.epochs,
+        max_steps=rc.max_steps or -1,
         per_device_train_batch_size=rc.batch_size,
-        learning_rate=rc.lr, warmup_steps=int(round(rc.warmup_ratio * steps)), lr_scheduler_type="linear",
-        use_cpu=not placement.is_cuda, bf16=placement.is_cuda, save_strategy="no", report_to="none",
-        seed=cfg.seed, logging_steps=10,
+        learning_rate=rc.lr,
+        warmup_steps=int(round(rc.warmup_ratio * steps)),
+        lr_scheduler_type="linear",
+        use_cpu=not placement.is_cuda,
+        bf16=placement.is_cuda,
+        save_strategy="no",
+        report_to="none",
+        seed=cfg.seed,
+        logging_steps=10,
         prompts={"anchor": model.prompts["query"]} if model.prompts.get("query") else None,
     )
-    SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
-                               loss=MultipleNegativesRankingLoss(model), callbacks=[Timer()]).train()
+    SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, loss=MultipleNegativesRankingLoss(model), callbacks=[Timer()]
+    ).train()
     return log
 
 
@@ -103,11 +116,16 @@ def summarise(name: str, epochs: list[dict]) -> dict:
     trained = [e for e in epochs if e.get("train_seconds") is not None]
     cpu = sum(e["train_cpu_seconds"] for e in trained)
     final = trained[-1]["val_map@25"]
-    return {"recipe": name, "zero_shot_map@25": zero, "final_map@25": final,
-            "map@25_per_epoch": [e["val_map@25"] for e in trained],
-            "cpu_seconds_per_epoch": round(cpu / len(trained), 1),
-            "wall_seconds_per_epoch": round(sum(e["train_seconds"] for e in trained) / len(trained), 1),
-            "map_gain_per_cpu_minute": round((final - zero) / (cpu / 60), 4), "epochs": epochs}
+    return {
+        "recipe": name,
+        "zero_shot_map@25": zero,
+        "final_map@25": final,
+        "map@25_per_epoch": [e["val_map@25"] for e in trained],
+        "cpu_seconds_per_epoch": round(cpu / len(trained), 1),
+        "wall_seconds_per_epoch": round(sum(e["train_seconds"] for e in trained) / len(trained), 1),
+        "map_gain_per_cpu_minute": round((final - zero) / (cpu / 60), 4),
+        "epochs": epochs,
+    }
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -119,22 +137,35 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/cpu.yaml")
     parser.add_argument("--out", default=str(RESULTS / "retriever_vs_mnrl.json"))
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="train each recipe this many times, alternating; the medians are reported")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="train each recipe this many times, alternating; the medians are reported",
+    )
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from eedi.config import load_config
-    from eedi.data import load_folds, load_misconceptions, load_pairs, train_val_split
-    from eedi.pipeline import run_stage
-    from eedi.retriever import train_fold
+    from eedi.data.artifacts import load_folds, load_misconceptions, load_pairs
+    from eedi.data.folds import train_val_split
+    from eedi.pipeline.runner import run_stage
+    from eedi.retrieval.train import train_fold
 
     work = Path(tempfile.mkdtemp(prefix="retriever_vs_mnrl."))
     # No Trainer checkpoints in either recipe (MNRL runs with save_strategy="no"): the benchmark
     # compares the training recipes, not the cost of writing resumable state to disk.
-    cfg = load_config(REPO / args.config, [*args.overrides, f"run_dir={work / 'run'}", "folds.use=[0]",
-                                           "folds.full_fit=false", "retriever.save_steps=1000000"])
+    cfg = load_config(
+        REPO / args.config,
+        [
+            *args.overrides,
+            f"run_dir={work / 'run'}",
+            "folds.use=[0]",
+            "folds.full_fit=false",
+            "retriever.save_steps=1000000",
+        ],
+    )
     if cfg.runtime.num_threads:
         import torch
 
@@ -148,6 +179,7 @@ def main() -> int:
     load_before = os.getloadavg()
 
     runs: dict[str, list[dict]] = {"ours": [], "mnrl": []}
+
     def run_ours(repeat: int) -> None:
         fold_dir = run_dir / "retriever" / "fold_0"
         shutil.rmtree(fold_dir, ignore_errors=True)
@@ -166,26 +198,35 @@ def main() -> int:
     for repeat in range(args.repeats):
         # Alternating order: the process's first training run is slower (measured: 254 CPU s, then 224
         # and 225 for the same recipe), and a change in the machine's load falls on both recipes alike.
-        for recipe in ((run_ours, run_mnrl) if repeat % 2 == 0 else (run_mnrl, run_ours)):
+        for recipe in (run_ours, run_mnrl) if repeat % 2 == 0 else (run_mnrl, run_ours):
             recipe(repeat)
 
     ours, mnrl = median_run(runs["ours"]), median_run(runs["mnrl"])
     record = {
-        "config": args.config, "overrides": args.overrides, "backbone": cfg.retriever.backbone,
-        "train_pairs": len(train), "val_pairs": len(val), "epochs": cfg.retriever.epochs,
-        "batch_size": cfg.retriever.batch_size, "repeats": args.repeats,
+        "config": args.config,
+        "overrides": args.overrides,
+        "backbone": cfg.retriever.backbone,
+        "train_pairs": len(train),
+        "val_pairs": len(val),
+        "epochs": cfg.retriever.epochs,
+        "batch_size": cfg.retriever.batch_size,
+        "repeats": args.repeats,
         "cpu_seconds_per_epoch_each_run": {name: [r["cpu_seconds_per_epoch"] for r in rs] for name, rs in runs.items()},
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "ours": ours, "mnrl": mnrl,
+        "ours": ours,
+        "mnrl": mnrl,
         "ratios": {
-            "cpu_seconds_per_epoch_ours_over_mnrl": round(ours["cpu_seconds_per_epoch"]
-                                                          / mnrl["cpu_seconds_per_epoch"], 3),
+            "cpu_seconds_per_epoch_ours_over_mnrl": round(
+                ours["cpu_seconds_per_epoch"] / mnrl["cpu_seconds_per_epoch"], 3
+            ),
             "final_map_ours_minus_mnrl": round(ours["final_map@25"] - mnrl["final_map@25"], 4),
-            "map_gain_per_cpu_minute_ours_over_mnrl": round(ours["map_gain_per_cpu_minute"]
-                                                            / mnrl["map_gain_per_cpu_minute"], 3)
-            if mnrl["map_gain_per_cpu_minute"] > 0 else None,
+            "map_gain_per_cpu_minute_ours_over_mnrl": round(
+                ours["map_gain_per_cpu_minute"] / mnrl["map_gain_per_cpu_minute"], 3
+            )
+            if mnrl["map_gain_per_cpu_minute"] > 0
+            else None,
         },
     }
     out = Path(args.out)
@@ -204,18 +245,25 @@ def markdown(r: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for x in (o, m):
-        rows.append(f"| {x['recipe']} | {x['cpu_seconds_per_epoch']} ({x['wall_seconds_per_epoch']}) | "
-                    f"{x['zero_shot_map@25']:.4f} | " + ", ".join(f"{v:.4f}" for v in x["map@25_per_epoch"])
-                    + f" | {x['map_gain_per_cpu_minute']:.4f} |")
+        rows.append(
+            f"| {x['recipe']} | {x['cpu_seconds_per_epoch']} ({x['wall_seconds_per_epoch']}) | "
+            f"{x['zero_shot_map@25']:.4f} | "
+            + ", ".join(f"{v:.4f}" for v in x["map@25_per_epoch"])
+            + f" | {x['map_gain_per_cpu_minute']:.4f} |"
+        )
     ratios = r["ratios"]
-    rows.append(f"| ours / mnrl | {ratios['cpu_seconds_per_epoch_ours_over_mnrl']} | | "
-                f"{ratios['final_map_ours_minus_mnrl']:+.4f} (final, difference) | "
-                f"{ratios['map_gain_per_cpu_minute_ours_over_mnrl']} |")
-    note = (f"{r['backbone']}, data/sample fold 0 ({r['train_pairs']} training / {r['val_pairs']} validation "
-            f"pairs), {r['epochs']} epoch(s), batch {r['batch_size']}, median of {r['repeats']} alternating run(s) per "
-            f"recipe (CPU s per epoch of each: ours {r['cpu_seconds_per_epoch_each_run']['ours']}, mnrl "
-            f"{r['cpu_seconds_per_epoch_each_run']['mnrl']}), {r['machine']}, load average before/after "
-            f"{r['load_average_before'][0]}/{r['load_average_after'][0]}.")
+    rows.append(
+        f"| ours / mnrl | {ratios['cpu_seconds_per_epoch_ours_over_mnrl']} | | "
+        f"{ratios['final_map_ours_minus_mnrl']:+.4f} (final, difference) | "
+        f"{ratios['map_gain_per_cpu_minute_ours_over_mnrl']} |"
+    )
+    note = (
+        f"{r['backbone']}, data/sample fold 0 ({r['train_pairs']} training / {r['val_pairs']} validation "
+        f"pairs), {r['epochs']} epoch(s), batch {r['batch_size']}, median of {r['repeats']} alternating run(s) per "
+        f"recipe (CPU s per epoch of each: ours {r['cpu_seconds_per_epoch_each_run']['ours']}, mnrl "
+        f"{r['cpu_seconds_per_epoch_each_run']['mnrl']}), {r['machine']}, load average before/after "
+        f"{r['load_average_before'][0]}/{r['load_average_after'][0]}."
+    )
     return "\n".join(rows) + "\n\n" + note
 
 

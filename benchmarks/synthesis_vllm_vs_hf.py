@@ -33,11 +33,12 @@ REPO = Path(__file__).resolve().parents[1]
 def build_prompts(config, n: int) -> list[list[int]]:
     from transformers import AutoTokenizer
 
-    from eedi.data import load_misconceptions, load_pairs
-    from eedi.pipeline import run_stage
-    from eedi.synthesis import build_prompts as stage_prompts
-    from eedi.synthesis import engine_settings, load_embedder, tokenize
-    from eedi.synthesis_prompts import select_targets
+    from eedi.data.artifacts import load_misconceptions, load_pairs
+    from eedi.pipeline.runner import run_stage
+    from eedi.synthesis.dedup import load_embedder
+    from eedi.synthesis.engine import engine_settings, tokenize
+    from eedi.synthesis.prompts import select_targets
+    from eedi.synthesis.stage import build_prompts as stage_prompts
 
     run_stage(config, "prepare")
     pairs, misconceptions = load_pairs(config.run_dir), load_misconceptions(config.run_dir)
@@ -56,7 +57,7 @@ class HF:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from eedi.runtime import model_kwargs, resolve
-        from eedi.synthesis import engine_settings
+        from eedi.synthesis.engine import engine_settings
 
         model_path = engine_settings(config).model
         self.placement = resolve(config.runtime)
@@ -76,8 +77,14 @@ class HF:
         ids = torch.tensor([[self.pad] * (width - len(p)) + p for p in batch], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
         with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
-                                      min_new_tokens=new_tokens, pad_token_id=self.pad)
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=self.pad,
+            )
         return out[:, width:].tolist()
 
     def generate(self, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
@@ -85,7 +92,7 @@ class HF:
 
         outputs = []
         for start in tqdm(range(0, len(prompts), self.batch_size), desc="HF generate"):
-            outputs.extend(self._generate(prompts[start:start + self.batch_size], new_tokens))
+            outputs.extend(self._generate(prompts[start : start + self.batch_size], new_tokens))
         return outputs
 
 
@@ -93,7 +100,7 @@ class VLLM:
     """``vllm.LLM.generate`` with the stage's engine settings."""
 
     def __init__(self, config):
-        from eedi.synthesis import engine_settings, start_engine
+        from eedi.synthesis.engine import engine_settings, start_engine
 
         t0 = time.perf_counter()
         self.llm = start_engine(engine_settings(config))
@@ -108,7 +115,7 @@ class VLLM:
         return [list(r.outputs[0].token_ids) for r in results]
 
     def close(self) -> None:
-        from eedi.synthesis import shutdown_engine
+        from eedi.synthesis.engine import shutdown_engine
 
         shutdown_engine(self.llm)
 
@@ -119,7 +126,7 @@ def agreement(a: list[list[int]], b: list[list[int]], first: int = 32) -> float:
 
 
 def engine_dtype(config) -> str:
-    from eedi.synthesis import engine_settings
+    from eedi.synthesis.engine import engine_settings
 
     return engine_settings(config).kwargs["dtype"]
 
@@ -163,33 +170,51 @@ def main() -> int:
         sides["vllm"].close()
     expected = args.rounds * args.prompts * args.max_tokens
     assert tokens["hf_generate"] == tokens["vllm"] == expected, (tokens, expected)
-    result = {name: {"setup_s": round(sides[name].setup_s, 2), "seconds": round(seconds[name], 2),
-                     "tokens": tokens[name], "tokens_per_s": round(tokens[name] / seconds[name], 2)}
-              for name in sides}
+    result = {
+        name: {
+            "setup_s": round(sides[name].setup_s, 2),
+            "seconds": round(seconds[name], 2),
+            "tokens": tokens[name],
+            "tokens_per_s": round(tokens[name] / seconds[name], 2),
+        }
+        for name in sides
+    }
     result["hf_generate"]["batch_size"] = args.hf_batch_size
     record = {
-        "model": config.synthetic.engine.model, "dtype": engine_dtype(config),
-        "prompts": len(prompts), "max_tokens": args.max_tokens, "rounds": args.rounds,
+        "model": config.synthetic.engine.model,
+        "dtype": engine_dtype(config),
+        "prompts": len(prompts),
+        "max_tokens": args.max_tokens,
+        "rounds": args.rounds,
         "prompt_tokens_mean": round(sum(map(len, prompts)) / len(prompts), 1),
         **result,
         "ratio_vllm_over_hf": round(result["vllm"]["tokens_per_s"] / result["hf_generate"]["tokens_per_s"], 2),
         "greedy_first32_agreement": agreement(outputs["hf_generate"], outputs["vllm"]),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_average_1min": [round(x, 2) for x in load],
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                    "platform": platform.platform(), "python": platform.python_version()},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "vllm": vllm_package.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_1min": [round(x, 2) for x in load],
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "vllm": vllm_package.__version__,
+        },
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     hf, vl = record["hf_generate"], record["vllm"]
-    print(f"\n| | tokens/s | seconds | set-up s |\n|---|---|---|---|\n"
-          f"| HF generate (batch {hf['batch_size']}, left padding) | {hf['tokens_per_s']} | {hf['seconds']} | "
-          f"{hf['setup_s']} |\n| vLLM LLM.generate | {vl['tokens_per_s']} | {vl['seconds']} | {vl['setup_s']} |\n\n"
-          f"vLLM / HF: {record['ratio_vllm_over_hf']}x")
+    print(
+        f"\n| | tokens/s | seconds | set-up s |\n|---|---|---|---|\n"
+        f"| HF generate (batch {hf['batch_size']}, left padding) | {hf['tokens_per_s']} | {hf['seconds']} | "
+        f"{hf['setup_s']} |\n| vLLM LLM.generate | {vl['tokens_per_s']} | {vl['seconds']} | {vl['setup_s']} |\n\n"
+        f"vLLM / HF: {record['ratio_vllm_over_hf']}x"
+    )
     return 0
 
 

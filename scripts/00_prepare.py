@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Stage 1: validate the Kaggle CSVs, pivot to (question, wrong answer) pairs, assign folds.
+"""Stage 0 of 7, `prepare`: validate the Kaggle CSVs, pivot to (question, wrong answer) pairs, assign folds.
 
-    python scripts/00_prepare.py --config configs/cpu.yaml data.dir=data/sample run_dir=runs/cpu
+Same as `eedi prepare`; runs in the train environment (.venv-train).
+
+    python scripts/00_prepare.py --config configs/cpu.yaml [key=value ...]
 """
+
 import sys
 
 from eedi.cli import main

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Stage 2: synthetic questions for misconceptions with few or no training examples (vLLM). Same as
-`eedi synthesize`. Runs in the inference environment (.venv-infer).
+"""Stage 1 of 7, `synthesize`: generate questions for misconceptions with few or no training examples (vLLM).
 
-    python scripts/01_synthesize.py --config configs/cpu.yaml synthetic.enabled=true [key=value ...]
+Same as `eedi synthesize`; runs in the infer environment (.venv-infer).
+
+    python scripts/01_synthesize.py --config configs/cpu.yaml [key=value ...]
 """
+
 import sys
 
 from eedi.cli import main

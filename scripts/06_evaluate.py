@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Stage 6: average every fold's metrics and write report.html.
+"""Stage 6 of 7, `evaluate`: average every fold's metrics, write metrics.json['mean'] and report.html.
 
-    python scripts/06_evaluate.py --config configs/cpu.yaml run_dir=runs/cpu
+Same as `eedi evaluate`; runs in the train environment (.venv-train).
+
+    python scripts/06_evaluate.py --config configs/cpu.yaml [key=value ...]
 """
+
 import sys
 
 from eedi.cli import main

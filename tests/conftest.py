@@ -24,34 +24,47 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def write_tiny_kaggle(directory: Path) -> Path:
     """Four questions, five misconceptions: small enough to reason about by hand."""
     directory.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({
-        "MisconceptionId": [0, 1, 2, 3, 4],
-        "MisconceptionName": [
-            "Adds numerators and denominators",
-            "Thinks angles in a triangle sum to 360",
-            "Multiplies instead of dividing",
-            "Ignores the negative sign",
-            "Rounds down always",
-        ],
-    }).to_csv(directory / "misconception_mapping.csv", index=False)
+    pd.DataFrame(
+        {
+            "MisconceptionId": [0, 1, 2, 3, 4],
+            "MisconceptionName": [
+                "Adds numerators and denominators",
+                "Thinks angles in a triangle sum to 360",
+                "Multiplies instead of dividing",
+                "Ignores the negative sign",
+                "Rounds down always",
+            ],
+        }
+    ).to_csv(directory / "misconception_mapping.csv", index=False)
     rows = []
     for qid in range(4):
-        rows.append({
-            "QuestionId": qid, "ConstructId": 10 + qid % 2, "ConstructName": f"Construct {qid % 2}",
-            "SubjectId": 100, "SubjectName": "Fractions", "CorrectAnswer": "A",
-            "QuestionText": f"\\( \\frac{{1}}{{{qid + 2}}}+\\frac{{1}}{{4}}= \\)",
-            "AnswerAText": f"right {qid}", "AnswerBText": f"wrong b {qid}", "AnswerCText": f"wrong c {qid}",
-            "AnswerDText": f"wrong d {qid}",
-            "MisconceptionAId": None, "MisconceptionBId": float(qid % 5), "MisconceptionCId": float((qid + 1) % 5),
-            "MisconceptionDId": None if qid == 0 else float((qid + 2) % 5),
-        })
+        rows.append(
+            {
+                "QuestionId": qid,
+                "ConstructId": 10 + qid % 2,
+                "ConstructName": f"Construct {qid % 2}",
+                "SubjectId": 100,
+                "SubjectName": "Fractions",
+                "CorrectAnswer": "A",
+                "QuestionText": f"\\( \\frac{{1}}{{{qid + 2}}}+\\frac{{1}}{{4}}= \\)",
+                "AnswerAText": f"right {qid}",
+                "AnswerBText": f"wrong b {qid}",
+                "AnswerCText": f"wrong c {qid}",
+                "AnswerDText": f"wrong d {qid}",
+                "MisconceptionAId": None,
+                "MisconceptionBId": float(qid % 5),
+                "MisconceptionCId": float((qid + 1) % 5),
+                "MisconceptionDId": None if qid == 0 else float((qid + 2) % 5),
+            }
+        )
     pd.DataFrame(rows).to_csv(directory / "train.csv", index=False)
     test = pd.DataFrame(rows).drop(columns=[f"Misconception{x}Id" for x in "ABCD"])
     test["QuestionId"] = test["QuestionId"] + 100
     test.to_csv(directory / "test.csv", index=False)
     keys = [f"{q}_{x}" for q in test["QuestionId"] for x in "BCD"]
     pd.DataFrame({"QuestionId_Answer": keys, "MisconceptionId": "1 2 3"}).to_csv(
-        directory / "sample_submission.csv", index=False)
+        directory / "sample_submission.csv", index=False
+    )
     return directory
 
 
@@ -119,11 +132,12 @@ def _content_hash() -> str:
 def run_shared_stages(sample_dir: Path, *stages: str) -> Path:
     """Run (or find current) ``stages`` of configs/cpu.yaml on data/sample in the shared run dir."""
     from eedi.config import load_config
-    from eedi.pipeline import run_stage
+    from eedi.pipeline.runner import run_stage
 
     run_dir = TEST_RUNS / f"cpu-{_content_hash()}"
-    cfg = load_config(REPO / "configs" / "cpu.yaml",
-                      [f"data.dir={sample_dir}", f"run_dir={run_dir}", *SHARED_OVERRIDES])
+    cfg = load_config(
+        REPO / "configs" / "cpu.yaml", [f"data.dir={sample_dir}", f"run_dir={run_dir}", *SHARED_OVERRIDES]
+    )
     for stage in stages:
         run_stage(cfg, stage)
     return run_dir
@@ -133,8 +147,9 @@ def shared_config(run_dir: Path, *overrides: str):
     """The config the shared run was made with (plus ``overrides``): read-only use in tests."""
     from eedi.config import load_config
 
-    return load_config(REPO / "configs" / "cpu.yaml",
-                       [f"data.dir={SAMPLE_DIR}", f"run_dir={run_dir}", *SHARED_OVERRIDES, *overrides])
+    return load_config(
+        REPO / "configs" / "cpu.yaml", [f"data.dir={SAMPLE_DIR}", f"run_dir={run_dir}", *SHARED_OVERRIDES, *overrides]
+    )
 
 
 @pytest.fixture(scope="session")

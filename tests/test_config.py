@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from eedi.config import ConfigError, load_config
+from eedi.config import load_config
+from eedi.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

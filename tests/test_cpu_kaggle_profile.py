@@ -24,13 +24,26 @@ def test_cpu_kaggle_profile_writes_a_submission_that_scores(tmp_path, sample_dir
     pd.read_csv(sample_dir / "train.csv").head(200).to_csv(small / "train.csv", index=False)
     (small / "misconception_mapping.csv").write_bytes((sample_dir / "misconception_mapping.csv").read_bytes())
     eedi = [sys.executable, "-m", "eedi"]
-    subprocess.run([*eedi, "make-holdout", "--data", str(small), "--out", str(holdout)], check=True, cwd=REPO,
-                   capture_output=True)
+    subprocess.run(
+        [*eedi, "make-holdout", "--data", str(small), "--out", str(holdout)], check=True, cwd=REPO, capture_output=True
+    )
     run_dir = tmp_path / "run"
     # The profile as shipped, with fewer steps: the test checks the path, benchmarks/real_data.py the quality.
-    result = subprocess.run([*eedi, "run", "--config", "configs/cpu-kaggle.yaml", f"data.dir={holdout}",
-                             f"run_dir={run_dir}", "retriever.max_steps=6"], cwd=REPO, capture_output=True,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = subprocess.run(
+        [
+            *eedi,
+            "run",
+            "--config",
+            "configs/cpu-kaggle.yaml",
+            f"data.dir={holdout}",
+            f"run_dir={run_dir}",
+            "retriever.max_steps=6",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())["stages"]
     assert manifest["train-reranker"]["summary"] == {"skipped": "reranker.enabled=false"}
@@ -41,8 +54,12 @@ def test_cpu_kaggle_profile_writes_a_submission_that_scores(tmp_path, sample_dir
     assert len(submission) == test_pairs
     assert submission["MisconceptionId"].str.split().map(len).eq(25).all()
 
-    scored = subprocess.run([*eedi, "score", str(run_dir / "submission.csv"), "--labels",
-                             str(holdout / "labels.csv"), "--json"], cwd=REPO, capture_output=True, text=True)
+    scored = subprocess.run(
+        [*eedi, "score", str(run_dir / "submission.csv"), "--labels", str(holdout / "labels.csv"), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert scored.returncode == 0, scored.stderr
     score = json.loads(scored.stdout)
     assert 0.0 < score["map@25"] <= 1.0

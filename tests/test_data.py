@@ -8,8 +8,11 @@ import pandas as pd
 import pytest
 
 from eedi.config import load_config
-from eedi.data import DataError, assign_folds, build_pairs, fold_report, load_kaggle_dir
-from eedi.pipeline import run_stage
+from eedi.data.folds import assign_folds, fold_report
+from eedi.data.kaggle import load_kaggle_dir
+from eedi.data.pairs import build_pairs
+from eedi.errors import DataError
+from eedi.pipeline.runner import run_stage
 
 
 def edit_csv(path: Path, row: int, column: str, value) -> None:
@@ -30,23 +33,63 @@ def test_pivot_one_row_per_wrong_answer(tiny_kaggle):
     assert "Incorrect answer: wrong b 2" in row["QueryText"]
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: (d / "train.csv").write_text(""), r"train.csv: file is empty"),
-    (lambda d: (d / "train.csv").unlink(), r"train.csv: file not found"),
-    (lambda d: pd.read_csv(d / "train.csv").drop(columns=["QuestionText"]).to_csv(d / "train.csv", index=False),
-     r"train.csv, column 'QuestionText': missing required column"),
-    (lambda d: edit_csv(d / "train.csv", 2, "QuestionId", "0"), r"train.csv, row 3 \(line 4\), column 'QuestionId': duplicate QuestionId 0"),
-    (lambda d: edit_csv(d / "train.csv", 1, "CorrectAnswer", "E"), r"row 2 \(line 3\), column 'CorrectAnswer': CorrectAnswer must be one of A-D"),
-    (lambda d: edit_csv(d / "train.csv", 0, "QuestionText", "  "), r"row 1 \(line 2\), column 'QuestionText': empty question text"),
-    (lambda d: edit_csv(d / "train.csv", 3, "AnswerCText", ""), r"row 4 \(line 5\), column 'AnswerCText': empty answer text"),
-    (lambda d: edit_csv(d / "train.csv", 1, "MisconceptionBId", "99"), r"row 2 \(line 3\), column 'MisconceptionBId': MisconceptionId 99 is not in misconception_mapping.csv"),
-    (lambda d: edit_csv(d / "train.csv", 1, "MisconceptionBId", "abc"), r"row 2 \(line 3\), column 'MisconceptionBId': not an integer"),
-    (lambda d: edit_csv(d / "train.csv", 1, "MisconceptionAId", "3"), r"row 2 \(line 3\), column 'MisconceptionAId': the correct answer A has a misconception"),
-    (lambda d: (d / "train.csv").write_bytes((d / "train.csv").read_bytes() + b"5,1,x,1,y,A,\xff\xfe,a,b,c,d,,,,\n"), r"train.csv, row 5 \(line 6\): not valid UTF-8"),
-    (lambda d: edit_csv(d / "misconception_mapping.csv", 3, "MisconceptionId", "1"), r"misconception_mapping.csv, row 4 \(line 5\), column 'MisconceptionId': duplicate"),
-    (lambda d: edit_csv(d / "test.csv", 0, "CorrectAnswer", "a"), r"test.csv, row 1 \(line 2\), column 'CorrectAnswer'"),
-    (lambda d: (d / "train.csv").write_text(",".join(pd.read_csv(d / "train.csv").columns) + "\n"), r"train.csv: file has a header but no rows"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: (d / "train.csv").write_text(""), r"train.csv: file is empty"),
+        (lambda d: (d / "train.csv").unlink(), r"train.csv: file not found"),
+        (
+            lambda d: pd.read_csv(d / "train.csv").drop(columns=["QuestionText"]).to_csv(d / "train.csv", index=False),
+            r"train.csv, column 'QuestionText': missing required column",
+        ),
+        (
+            lambda d: edit_csv(d / "train.csv", 2, "QuestionId", "0"),
+            r"train.csv, row 3 \(line 4\), column 'QuestionId': duplicate QuestionId 0",
+        ),
+        (
+            lambda d: edit_csv(d / "train.csv", 1, "CorrectAnswer", "E"),
+            r"row 2 \(line 3\), column 'CorrectAnswer': CorrectAnswer must be one of A-D",
+        ),
+        (
+            lambda d: edit_csv(d / "train.csv", 0, "QuestionText", "  "),
+            r"row 1 \(line 2\), column 'QuestionText': empty question text",
+        ),
+        (
+            lambda d: edit_csv(d / "train.csv", 3, "AnswerCText", ""),
+            r"row 4 \(line 5\), column 'AnswerCText': empty answer text",
+        ),
+        (
+            lambda d: edit_csv(d / "train.csv", 1, "MisconceptionBId", "99"),
+            r"row 2 \(line 3\), column 'MisconceptionBId': MisconceptionId 99 is not in misconception_mapping.csv",
+        ),
+        (
+            lambda d: edit_csv(d / "train.csv", 1, "MisconceptionBId", "abc"),
+            r"row 2 \(line 3\), column 'MisconceptionBId': not an integer",
+        ),
+        (
+            lambda d: edit_csv(d / "train.csv", 1, "MisconceptionAId", "3"),
+            r"row 2 \(line 3\), column 'MisconceptionAId': the correct answer A has a misconception",
+        ),
+        (
+            lambda d: (d / "train.csv").write_bytes(
+                (d / "train.csv").read_bytes() + b"5,1,x,1,y,A,\xff\xfe,a,b,c,d,,,,\n"
+            ),
+            r"train.csv, row 5 \(line 6\): not valid UTF-8",
+        ),
+        (
+            lambda d: edit_csv(d / "misconception_mapping.csv", 3, "MisconceptionId", "1"),
+            r"misconception_mapping.csv, row 4 \(line 5\), column 'MisconceptionId': duplicate",
+        ),
+        (
+            lambda d: edit_csv(d / "test.csv", 0, "CorrectAnswer", "a"),
+            r"test.csv, row 1 \(line 2\), column 'CorrectAnswer'",
+        ),
+        (
+            lambda d: (d / "train.csv").write_text(",".join(pd.read_csv(d / "train.csv").columns) + "\n"),
+            r"train.csv: file has a header but no rows",
+        ),
+    ],
+)
 def test_bad_input_names_file_row_column(tiny_kaggle, mutate, message):
     mutate(tiny_kaggle)
     with pytest.raises(DataError, match=message):
@@ -56,8 +99,11 @@ def test_bad_input_names_file_row_column(tiny_kaggle, mutate, message):
 def test_cli_bad_input_exits_nonzero_and_writes_nothing(tiny_kaggle, tmp_path):
     edit_csv(tiny_kaggle / "train.csv", 1, "CorrectAnswer", "Z")
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "eedi", "prepare", f"data.dir={tiny_kaggle}", f"run_dir={run_dir}"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "eedi", "prepare", f"data.dir={tiny_kaggle}", f"run_dir={run_dir}"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "train.csv, row 2 (line 3), column 'CorrectAnswer'" in result.stderr
     assert result.stderr.count("error:") == 1

@@ -4,10 +4,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILES = ["Dockerfile.train", "Dockerfile.infer"]
@@ -26,7 +26,9 @@ def test_hadolint_clean(name):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name, required", [("Dockerfile.train", {"train"}), ("Dockerfile.infer", {"infer-cuda", "notebook"})])
+@pytest.mark.parametrize(
+    "name, required", [("Dockerfile.train", {"train"}), ("Dockerfile.infer", {"infer-cuda", "notebook"})]
+)
 def test_extras_exist_in_pyproject(name, required):
     extras = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
     text = (REPO / name).read_text()

@@ -8,17 +8,25 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import write_tiny_kaggle
 
 from eedi.cli import main
 from eedi.config import load_config
-from eedi.data import QUESTION_COLUMNS, DataError, build_pairs, load_kaggle_dir, load_mapping
-from eedi.holdout import make_holdout, score_submission
-from eedi.submission import validate_submission
+from eedi.data.kaggle import load_kaggle_dir, load_mapping
+from eedi.data.pairs import build_pairs
+from eedi.data.schema import QUESTION_COLUMNS
+from eedi.data.submission import validate_submission
+from eedi.errors import DataError
+from eedi.evaluation.holdout import make_holdout, score_submission
 
-from conftest import write_tiny_kaggle
-
-OUT_FILES = {"train.csv", "test.csv", "sample_submission.csv", "misconception_mapping.csv", "labels.csv",
-             "holdout.json"}
+OUT_FILES = {
+    "train.csv",
+    "test.csv",
+    "sample_submission.csv",
+    "misconception_mapping.csv",
+    "labels.csv",
+    "holdout.json",
+}
 # data/sample labels 268 of its 319 misconceptions, densely: a 25% holdout has no unseen label at all,
 # this split has 35 unseen test labels, so the seen/unseen accounting is exercised.
 SHARE, SEED = 0.5, 0
@@ -45,12 +53,13 @@ def ranked_with(label: int, position: int | None, ids: list[int]) -> list[int]:
     others = [i for i in ids if i != label][:25]
     if position is None:
         return others
-    return others[: position - 1] + [label] + others[position - 1: 24]
+    return others[: position - 1] + [label] + others[position - 1 : 24]
 
 
 def write_submission(path: Path, rows: dict[str, list[int]]) -> Path:
-    pd.DataFrame({"QuestionId_Answer": list(rows), "MisconceptionId": [" ".join(map(str, v)) for v in rows.values()]}
-                 ).to_csv(path, index=False)
+    pd.DataFrame(
+        {"QuestionId_Answer": list(rows), "MisconceptionId": [" ".join(map(str, v)) for v in rows.values()]}
+    ).to_csv(path, index=False)
     return path
 
 
@@ -58,7 +67,11 @@ def write_submission(path: Path, rows: dict[str, list[int]]) -> Path:
 
 
 def test_split_by_question_sizes_and_files(holdout, sample_dir):
-    source, train, test = read_raw(sample_dir / "train.csv"), read_raw(holdout / "train.csv"), read_raw(holdout / "test.csv")
+    source, train, test = (
+        read_raw(sample_dir / "train.csv"),
+        read_raw(holdout / "train.csv"),
+        read_raw(holdout / "test.csv"),
+    )
     assert {p.name for p in holdout.iterdir()} == OUT_FILES
     assert len(test) == round(SHARE * len(source)) and len(train) + len(test) == len(source)
     assert set(train["QuestionId"]).isdisjoint(test["QuestionId"])
@@ -67,11 +80,16 @@ def test_split_by_question_sizes_and_files(holdout, sample_dir):
     assert list(train.columns) == list(source.columns)
     pd.testing.assert_frame_equal(train, source[source["QuestionId"].isin(train["QuestionId"])].reset_index(drop=True))
     assert list(test.columns) == QUESTION_COLUMNS
-    pd.testing.assert_frame_equal(test, source.loc[source["QuestionId"].isin(test["QuestionId"]), QUESTION_COLUMNS]
-                                  .reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        test, source.loc[source["QuestionId"].isin(test["QuestionId"]), QUESTION_COLUMNS].reset_index(drop=True)
+    )
     # data/sample's train.csv round-trips byte for byte: the kept rows are the original lines
-    assert set((holdout / "train.csv").read_text().splitlines()) <= set((sample_dir / "train.csv").read_text().splitlines())
-    assert (holdout / "misconception_mapping.csv").read_bytes() == (sample_dir / "misconception_mapping.csv").read_bytes()
+    assert set((holdout / "train.csv").read_text().splitlines()) <= set(
+        (sample_dir / "train.csv").read_text().splitlines()
+    )
+    assert (holdout / "misconception_mapping.csv").read_bytes() == (
+        sample_dir / "misconception_mapping.csv"
+    ).read_bytes()
 
 
 def test_output_is_a_kaggle_folder_prepare_and_infer_accept(holdout):
@@ -82,8 +100,11 @@ def test_output_is_a_kaggle_folder_prepare_and_infer_accept(holdout):
     # sample_submission lists every wrong answer of test.csv, as the infer stage's key check requires
     assert list(data.sample_submission["QuestionId_Answer"]) == list(test_keys)
     assert set(data.sample_submission["MisconceptionId"]) == {"1 2 3"}
-    validate_submission(pd.DataFrame({"QuestionId_Answer": test_keys, "MisconceptionId": " ".join(map(str, range(25)))}),
-                        data.sample_submission, None)
+    validate_submission(
+        pd.DataFrame({"QuestionId_Answer": test_keys, "MisconceptionId": " ".join(map(str, range(25)))}),
+        data.sample_submission,
+        None,
+    )
     assert (pairs["split"] == "test").sum() == 3 * len(data.test)
 
 
@@ -106,12 +127,19 @@ def test_holdout_json_counts(holdout, sample_dir):
     info = json.loads((holdout / "holdout.json").read_text())
     train, labels = read_raw(holdout / "train.csv"), read_raw(holdout / "labels.csv")
     assert info["seed"] == SEED and info["test_share"] == SHARE
-    assert info["questions"] == {"source": len(read_raw(sample_dir / "train.csv")), "train": len(train),
-                                 "test": len(read_raw(holdout / "test.csv"))}
+    assert info["questions"] == {
+        "source": len(read_raw(sample_dir / "train.csv")),
+        "train": len(train),
+        "test": len(read_raw(holdout / "test.csv")),
+    }
     assert info["pairs"]["test_labelled"] == len(labels)
     assert info["pairs"]["test"] == len(read_raw(holdout / "sample_submission.csv"))
-    seen = {int(float(v)) for c in ("MisconceptionAId", "MisconceptionBId", "MisconceptionCId", "MisconceptionDId")
-            for v in train[c] if v}
+    seen = {
+        int(float(v))
+        for c in ("MisconceptionAId", "MisconceptionBId", "MisconceptionCId", "MisconceptionDId")
+        for v in train[c]
+        if v
+    }
     unseen = sum(int(m) not in seen for m in labels["MisconceptionId"])
     assert info["test_labels_unseen"] == unseen > 0
 
@@ -121,7 +149,9 @@ def test_same_seed_same_split_other_seed_other_split(holdout, sample_dir, tmp_pa
     make_holdout(sample_dir, tmp_path / "other", test_share=SHARE, seed=7)
     for name in OUT_FILES:
         assert (tmp_path / "again" / name).read_bytes() == (holdout / name).read_bytes(), name
-    assert set(read_raw(tmp_path / "other" / "test.csv")["QuestionId"]) != set(read_raw(holdout / "test.csv")["QuestionId"])
+    assert set(read_raw(tmp_path / "other" / "test.csv")["QuestionId"]) != set(
+        read_raw(holdout / "test.csv")["QuestionId"]
+    )
     default = make_holdout(sample_dir, tmp_path / "default")  # test_share 0.25, seed 42
     assert (default["seed"], default["test_share"]) == (42, 0.25)
     assert len(read_raw(tmp_path / "default" / "test.csv")) == round(0.25 * len(read_raw(sample_dir / "train.csv")))
@@ -165,8 +195,7 @@ def test_perfect_and_second_place_submissions(holdout, mapping_ids):
     truth = dict(zip(labels["QuestionId_Answer"], labels["MisconceptionId"].astype(int)))
     for position, expected in ((1, 1.0), (2, 0.5)):
         rows = {key: ranked_with(truth.get(key, 0), position, mapping_ids) for key in keys}
-        result = score_submission(write_submission(holdout.parent / f"sub{position}.csv", rows),
-                                  holdout / "labels.csv")
+        result = score_submission(write_submission(holdout.parent / f"sub{position}.csv", rows), holdout / "labels.csv")
         assert result["map@25"] == pytest.approx(expected)
         assert result["recall@1"] == (1.0 if position == 1 else 0.0)
         assert result["recall@5"] == result["recall@25"] == 1.0
@@ -183,8 +212,12 @@ def test_perfect_and_second_place_submissions(holdout, mapping_ids):
 def tiny_labels(tmp_path, sample_dir, mapping_ids):
     """Four labels, two of them of misconceptions seen in data/sample's train.csv and two unseen."""
     train = read_raw(sample_dir / "train.csv")
-    seen = {int(float(v)) for c in ("MisconceptionAId", "MisconceptionBId", "MisconceptionCId", "MisconceptionDId")
-            for v in train[c] if v}
+    seen = {
+        int(float(v))
+        for c in ("MisconceptionAId", "MisconceptionBId", "MisconceptionCId", "MisconceptionDId")
+        for v in train[c]
+        if v
+    }
     seen_ids = sorted(seen)[:2]
     unseen_ids = [i for i in mapping_ids if i not in seen][:2]
     assert len(unseen_ids) == 2
@@ -215,30 +248,67 @@ def test_hand_computed_mixed_case_with_seen_unseen(tiny_labels, mapping_ids, sam
     assert (result["recall@25_seen"], result["recall@25_unseen"]) == (0.5, 1.0)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda df: df.drop(index=2), r"submission.csv, column 'QuestionId_Answer': 1 labelled row\(s\) missing: 2_C "
-                                  r"\(first is row 3 of .*labels.csv\)"),
-    (lambda df: df.assign(MisconceptionId=df["MisconceptionId"].where(df.index != 1, "1 2 3")),
-     r"submission.csv, row 2 \(line 3\), column 'MisconceptionId': 1_B: need exactly 25 ids, got 3"),
-    (lambda df: df.assign(MisconceptionId=df["MisconceptionId"].where(
-        df.index != 1, df["MisconceptionId"].str.rsplit(n=1).str[0])),
-     r"row 2 \(line 3\), column 'MisconceptionId': 1_B: need exactly 25 ids, got 24"),
-    (lambda df: df.assign(MisconceptionId=df["MisconceptionId"].where(
-        df.index != 3, df["MisconceptionId"].str.split().str[0] + " " + df["MisconceptionId"].str.split(n=1).str[0]
-        + " " + df["MisconceptionId"].str.split().str[1:24].str.join(" "))),
-     r"row 4 \(line 5\), column 'MisconceptionId': 3_D: duplicate id\(s\) \[\d+\]"),
-    (lambda df: df.assign(MisconceptionId=df["MisconceptionId"].where(
-        df.index != 0, "99999 " + df["MisconceptionId"].str.split(n=1).str[1])),
-     r"row 1 \(line 2\), column 'MisconceptionId': 1_A: invalid misconception id '99999' \(not in misconception_mapping"),
-    (lambda df: df.assign(MisconceptionId=df["MisconceptionId"].where(
-        df.index != 2, "1.5 " + df["MisconceptionId"].str.split(n=1).str[1])),
-     r"row 3 \(line 4\), column 'MisconceptionId': 2_C: invalid misconception id '1.5' \(not a non-negative integer"),
-    (lambda df: pd.concat([df, df.iloc[[1]]], ignore_index=True),
-     r"row 5 \(line 6\), column 'QuestionId_Answer': duplicate QuestionId_Answer '1_B' \(first at row 2\)"),
-    (lambda df: df.rename(columns={"MisconceptionId": "Prediction"}),
-     r"submission.csv, column 'MisconceptionId': missing required column"),
-    (lambda df: df.assign(Extra="1"), r"submission.csv: columns must be \['QuestionId_Answer', 'MisconceptionId'\]"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda df: df.drop(index=2),
+            r"submission.csv, column 'QuestionId_Answer': 1 labelled row\(s\) missing: 2_C "
+            r"\(first is row 3 of .*labels.csv\)",
+        ),
+        (
+            lambda df: df.assign(MisconceptionId=df["MisconceptionId"].where(df.index != 1, "1 2 3")),
+            r"submission.csv, row 2 \(line 3\), column 'MisconceptionId': 1_B: need exactly 25 ids, got 3",
+        ),
+        (
+            lambda df: df.assign(
+                MisconceptionId=df["MisconceptionId"].where(df.index != 1, df["MisconceptionId"].str.rsplit(n=1).str[0])
+            ),
+            r"row 2 \(line 3\), column 'MisconceptionId': 1_B: need exactly 25 ids, got 24",
+        ),
+        (
+            lambda df: df.assign(
+                MisconceptionId=df["MisconceptionId"].where(
+                    df.index != 3,
+                    df["MisconceptionId"].str.split().str[0]
+                    + " "
+                    + df["MisconceptionId"].str.split(n=1).str[0]
+                    + " "
+                    + df["MisconceptionId"].str.split().str[1:24].str.join(" "),
+                )
+            ),
+            r"row 4 \(line 5\), column 'MisconceptionId': 3_D: duplicate id\(s\) \[\d+\]",
+        ),
+        (
+            lambda df: df.assign(
+                MisconceptionId=df["MisconceptionId"].where(
+                    df.index != 0, "99999 " + df["MisconceptionId"].str.split(n=1).str[1]
+                )
+            ),
+            r"row 1 \(line 2\), column 'MisconceptionId': 1_A: invalid misconception id '99999' \(not in misconception_mapping",
+        ),
+        (
+            lambda df: df.assign(
+                MisconceptionId=df["MisconceptionId"].where(
+                    df.index != 2, "1.5 " + df["MisconceptionId"].str.split(n=1).str[1]
+                )
+            ),
+            r"row 3 \(line 4\), column 'MisconceptionId': 2_C: invalid misconception id '1.5' \(not a non-negative integer",
+        ),
+        (
+            lambda df: pd.concat([df, df.iloc[[1]]], ignore_index=True),
+            r"row 5 \(line 6\), column 'QuestionId_Answer': duplicate QuestionId_Answer '1_B' \(first at row 2\)",
+        ),
+        (
+            lambda df: df.rename(columns={"MisconceptionId": "Prediction"}),
+            r"submission.csv, column 'MisconceptionId': missing required column",
+        ),
+        (
+            lambda df: df.assign(Extra="1"),
+            r"submission.csv: columns must be \['QuestionId_Answer', 'MisconceptionId'\]",
+        ),
+    ],
+)
 def test_bad_submission_is_one_clear_error(tiny_labels, mapping_ids, mutate, message, capsys):
     folder, labels = tiny_labels
     rows = {key: ranked_with(mid, 1, mapping_ids) for key, mid in labels.items()}
@@ -274,8 +344,10 @@ def test_cli_make_holdout_then_score(sample_dir, tmp_path, capsys, mapping_ids):
     assert main(["make-holdout", "--data", str(sample_dir), "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
     labels = read_raw(out / "labels.csv")
-    rows = {key: ranked_with(int(mid), 1, mapping_ids) for key, mid in zip(labels["QuestionId_Answer"],
-                                                                          labels["MisconceptionId"])}
+    rows = {
+        key: ranked_with(int(mid), 1, mapping_ids)
+        for key, mid in zip(labels["QuestionId_Answer"], labels["MisconceptionId"])
+    }
     sub = write_submission(tmp_path / "submission.csv", rows)
     assert main(["score", str(sub), "--labels", str(out / "labels.csv"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from eedi.index import CANDIDATE_COLUMNS, FaissIndex, gpu_available, top_k_from_scores
-
 from conftest import shared_config
+
+from eedi.data.schema import CANDIDATE_COLUMNS
+from eedi.errors import ConfigError
+from eedi.retrieval.search import FaissIndex, gpu_available, top_k_from_scores
 
 
 def unit_vectors(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
@@ -59,7 +60,7 @@ def test_missing_index_and_impossible_gpu_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `eedi index`"):
         FaissIndex.load(tmp_path / "fold_0.faiss")
     if not gpu_available():
-        with pytest.raises(RuntimeError, match="faiss-gpu"):
+        with pytest.raises(ConfigError, match="faiss-gpu"):
             FaissIndex.build(unit_vectors(10), np.arange(10), use_gpu=True)
 
 
@@ -68,7 +69,8 @@ def test_missing_index_and_impossible_gpu_are_clear_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def fold0(indexed_sample):
-    from eedi.data import load_folds, load_pairs, train_val_split
+    from eedi.data.artifacts import load_folds, load_pairs
+    from eedi.data.folds import train_val_split
 
     train, val = train_val_split(load_pairs(indexed_sample), load_folds(indexed_sample), 0)
     candidates = pd.read_parquet(indexed_sample / "candidates" / "fold_0.parquet")
@@ -92,7 +94,7 @@ def test_candidates_schema(indexed_sample, fold0):
 
 
 def test_saved_index_and_model_reproduce_the_candidates(indexed_sample, fold0):
-    from eedi.retriever import encode_queries, load_encoder
+    from eedi.retrieval.model import encode_queries, load_encoder
     from eedi.runtime import resolve
 
     _, val, candidates = fold0
@@ -107,7 +109,7 @@ def test_saved_index_and_model_reproduce_the_candidates(indexed_sample, fold0):
 
 
 def test_metrics_json_holds_the_val_part_metrics(indexed_sample, fold0):
-    from eedi.metrics import candidates_to_lists, map_at_k
+    from eedi.evaluation.metrics import candidates_to_lists, map_at_k
 
     train, val, candidates = fold0
     block = json.loads((indexed_sample / "metrics.json").read_text())["fold_0"]["retriever"]
@@ -121,7 +123,7 @@ def test_metrics_json_holds_the_val_part_metrics(indexed_sample, fold0):
 
 
 def test_test_pairs_get_candidates(indexed_sample):
-    from eedi.data import load_pairs
+    from eedi.data.artifacts import load_pairs
 
     pairs = load_pairs(indexed_sample)
     test = pairs[pairs["split"] == "test"]
@@ -135,23 +137,29 @@ def test_test_pairs_get_candidates(indexed_sample):
 
 def test_fine_tuned_minilm_beats_zero_shot(indexed_sample, fold0):
     """configs/cpu.yaml's retriever (MiniLM) against the same backbone untrained, on fold 0's validation pairs."""
-    from eedi.data import load_misconceptions
-    from eedi.retriever import build_model, retrieval_map
+    from eedi.data.artifacts import load_misconceptions
+    from eedi.retrieval.model import build_model
+    from eedi.retrieval.train import retrieval_map
     from eedi.runtime import resolve
 
     _, val, _ = fold0
     cfg = shared_config(indexed_sample)
     assert "minilm" in cfg.retriever.backbone.lower()
     misconceptions = load_misconceptions(indexed_sample)
-    zero_shot = retrieval_map(build_model(cfg.retriever, resolve(cfg.runtime), trainable=False),
-                              val["QueryText"].tolist(), val["MisconceptionId"].astype(int).tolist(),
-                              misconceptions["MisconceptionId"].to_numpy(),
-                              misconceptions["MisconceptionName"].tolist())["map@25"]
+    zero_shot = retrieval_map(
+        build_model(cfg.retriever, resolve(cfg.runtime), trainable=False),
+        val["QueryText"].tolist(),
+        val["MisconceptionId"].astype(int).tolist(),
+        misconceptions["MisconceptionId"].to_numpy(),
+        misconceptions["MisconceptionName"].tolist(),
+    )["map@25"]
     tuned = json.loads((indexed_sample / "metrics.json").read_text())["fold_0"]["retriever"]["map@25"]
     assert tuned > zero_shot + 0.04, (zero_shot, tuned)
     # the merged model the index used scores what the training log measured on the in-memory model
-    log = [json.loads(line) for line in
-           (indexed_sample / "retriever" / "fold_0" / "train_log.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(line)
+        for line in (indexed_sample / "retriever" / "fold_0" / "train_log.jsonl").read_text().splitlines()
+    ]
     assert log[0]["val_map@25"] == pytest.approx(zero_shot, abs=1e-3)
     assert log[-1]["val_map@25"] == pytest.approx(tuned, abs=2e-3)
 
@@ -165,7 +173,8 @@ def small_retrieval(minilm_path, sample_dir):
     from sentence_transformers import SentenceTransformer
 
     from eedi.config import load_config
-    from eedi.data import build_pairs, load_kaggle_dir
+    from eedi.data.kaggle import load_kaggle_dir
+    from eedi.data.pairs import build_pairs
 
     cfg = load_config(None, [f"data.dir={sample_dir}"])
     data = load_kaggle_dir(sample_dir)
@@ -187,8 +196,8 @@ def _config(**index):
 
 def test_candidate_retriever_equals_the_dense_formula(small_retrieval):
     """score = cos + prior + w * max(0, memory - cos), over the whole corpus, top-k in that order."""
-    from eedi.index import CandidateRetriever
-    from eedi.retriever import encode_corpus, encode_queries
+    from eedi.retrieval.model import encode_corpus, encode_queries
+    from eedi.retrieval.search import CandidateRetriever
 
     model, misconceptions, train, new = small_retrieval
     w, boost, k = 0.4, 0.06, 15
@@ -200,8 +209,12 @@ def test_candidate_retriever_equals_the_dense_formula(small_retrieval):
     cosine = q @ encode_corpus(model, misconceptions["MisconceptionName"].tolist()).T
     memory_sim = q @ encode_queries(model, train["QueryText"].tolist()).T
     labels = train["MisconceptionId"].astype(int).to_numpy()
-    memory = np.stack([[memory_sim[i, labels == m].max() if (labels == m).any() else -np.inf for m in corpus_ids]
-                       for i in range(len(q))])
+    memory = np.stack(
+        [
+            [memory_sim[i, labels == m].max() if (labels == m).any() else -np.inf for m in corpus_ids]
+            for i in range(len(q))
+        ]
+    )
     prior = np.where(np.isin(corpus_ids, labels), 0.0, boost)
     dense = cosine + prior + w * np.maximum(0.0, memory - cosine)
     want_scores, want_ids = top_k_from_scores(dense.astype(np.float32), corpus_ids, k)
@@ -210,7 +223,7 @@ def test_candidate_retriever_equals_the_dense_formula(small_retrieval):
 
 
 def test_label_memory_recalls_a_repeated_question_but_not_its_own(small_retrieval):
-    from eedi.index import CandidateRetriever
+    from eedi.retrieval.search import CandidateRetriever
 
     model, misconceptions, train, _ = small_retrieval
     cfg = _config(knn_weight=1.0, top_k=5)
@@ -226,7 +239,7 @@ def test_label_memory_recalls_a_repeated_question_but_not_its_own(small_retrieva
 
 
 def test_unseen_prior_lifts_every_unseen_misconception_and_zero_is_plain_cosine(small_retrieval):
-    from eedi.index import CandidateRetriever
+    from eedi.retrieval.search import CandidateRetriever
 
     model, misconceptions, train, new = small_retrieval
     seen = set(train["MisconceptionId"].astype(int))
@@ -235,6 +248,7 @@ def test_unseen_prior_lifts_every_unseen_misconception_and_zero_is_plain_cosine(
     _, ids = lifted.search(new["QueryText"].tolist())
     assert not (set(ids.ravel().tolist()) & seen)
     plain_scores, plain_ids = CandidateRetriever(model, misconceptions, _config(top_k=10), train).search(
-        new["QueryText"].tolist())
+        new["QueryText"].tolist()
+    )
     zero_shot = CandidateRetriever(model, misconceptions, _config(unseen_boost=0.5, knn_weight=0.5, top_k=10), None)
     np.testing.assert_array_equal(zero_shot.search(new["QueryText"].tolist())[1], plain_ids)

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from eedi.metrics import average_precision_at_k, candidates_to_lists, map_at_k, ranking_metrics, recall_at_k
+from eedi.evaluation.metrics import average_precision_at_k, candidates_to_lists, map_at_k, ranking_metrics, recall_at_k
 
 
 def test_ap_is_reciprocal_rank_of_first_hit():
@@ -61,6 +61,5 @@ def test_ranking_metrics_split_by_seen():
 
 
 def test_candidates_to_lists_orders_by_rank():
-    df = pd.DataFrame({"QuestionId_Answer": ["1_B", "1_B", "2_C"], "rank": [1, 0, 0],
-                       "MisconceptionId": [5, 6, 7]})
+    df = pd.DataFrame({"QuestionId_Answer": ["1_B", "1_B", "2_C"], "rank": [1, 0, 0], "MisconceptionId": [5, 6, 7]})
     assert candidates_to_lists(df) == {"1_B": [6, 5], "2_C": [7]}

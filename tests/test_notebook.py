@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO, shared_config
 
 pytestmark = [pytest.mark.infer, pytest.mark.slow]
@@ -16,7 +15,7 @@ pytestmark = [pytest.mark.infer, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def kaggle_package(tmp_path_factory, reranked_sample) -> Path:
-    from eedi.kaggle import package
+    from eedi.submit.kaggle import package
 
     config = shared_config(reranked_sample, "infer.reranker_model=merged")
     return package(config, tmp_path_factory.mktemp("kaggle") / "eedi-package")
@@ -45,9 +44,11 @@ def _execute(notebook: Path, parameters: dict, cwd: Path):
 def test_notebook_writes_a_valid_submission(tmp_path, kaggle_package, sample_dir):
     work = tmp_path / "working"
     work.mkdir()
-    nb = _execute(REPO / "notebooks" / "eedi_submission.ipynb",
-                  {"DATA_DIR": str(sample_dir), "PACKAGE_DIR": str(kaggle_package), "WORK_DIR": str(work),
-                   "OVERRIDES": []}, cwd=work)
+    nb = _execute(
+        REPO / "notebooks" / "eedi_submission.ipynb",
+        {"DATA_DIR": str(sample_dir), "PACKAGE_DIR": str(kaggle_package), "WORK_DIR": str(work), "OVERRIDES": []},
+        cwd=work,
+    )
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert str(work / "site-packages") in outputs  # eedi was imported from the installed wheel
     submission = pd.read_csv(work / "submission.csv")

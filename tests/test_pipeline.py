@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from eedi.pipeline import STAGES
+from eedi.pipeline.registry import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_ORDER = ["prepare", "synthesize", "train-retriever", "index", "train-reranker", "quantize", "evaluate", "infer"]
@@ -45,9 +45,22 @@ def small_kaggle(tmp_path, sample_dir) -> Path:
 
 
 def _eedi_run(run_dir: Path, data_dir: Path, *extra: str, **popen) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "eedi", "run", "--config", str(REPO / "configs" / "cpu.yaml"),
-           "--stages", "prepare,train-retriever,index", f"run_dir={run_dir}", f"data.dir={data_dir}",
-           "retriever.epochs=2", "retriever.save_steps=5", "retriever.hard_negative_refresh_steps=5", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "eedi",
+        "run",
+        "--config",
+        str(REPO / "configs" / "cpu.yaml"),
+        "--stages",
+        "prepare,train-retriever,index",
+        f"run_dir={run_dir}",
+        f"data.dir={data_dir}",
+        "retriever.epochs=2",
+        "retriever.save_steps=5",
+        "retriever.hard_negative_refresh_steps=5",
+        *extra,
+    ]
     return subprocess.Popen(cmd, cwd=REPO, start_new_session=True, **popen)
 
 
@@ -85,8 +98,18 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, small_kaggle):
 
 def test_rerun_skips_current_stages_and_reruns_changed_ones(tmp_path, small_kaggle):
     run_dir = tmp_path / "run"
-    base = [sys.executable, "-m", "eedi", "run", "--config", str(REPO / "configs" / "cpu.yaml"), "--stages",
-            "prepare", f"run_dir={run_dir}", f"data.dir={small_kaggle}"]
+    base = [
+        sys.executable,
+        "-m",
+        "eedi",
+        "run",
+        "--config",
+        str(REPO / "configs" / "cpu.yaml"),
+        "--stages",
+        "prepare",
+        f"run_dir={run_dir}",
+        f"data.dir={small_kaggle}",
+    ]
     subprocess.run(base, check=True, cwd=REPO)
     first = json.loads((run_dir / "manifest.json").read_text())["stages"]["prepare"]
     result = subprocess.run(base, check=True, cwd=REPO, capture_output=True, text=True)

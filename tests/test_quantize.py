@@ -13,15 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import REPO, copy_tree, shared_config
-from eedi.config import load_config
-from eedi.quantize import (
-    GroupSizeError, eval_candidates, quantized_layer_widths, run, score_mae, top1_agreement,
-    validate_group_size, working_group_sizes,
-)
 
-# Thresholds for the quantized CI reranker against the unquantized one (README "6. quantize").
+from eedi.config import load_config
+from eedi.quantize.measure import eval_candidates, score_mae, top1_agreement
+from eedi.quantize.methods import GroupSizeError, quantized_layer_widths, validate_group_size, working_group_sizes
+from eedi.quantize.stage import run
+
+# Thresholds for the quantized CI reranker against the unquantized one (docs/results.md, "Quantize").
 # That reranker is SmolLM2-135M after 128 LoRA windows on CPU: its label probabilities are flat
 # (top-1 leads the runner-up by about 0.09), so near-ties are what 4-bit rounding flips, and how many
 # there are depends on the training run. With the CPU config (asymmetric int4 groups of 32), three
@@ -84,8 +83,13 @@ def _adapter_only_run(tmp_path: Path, base: Path, prepared: Path) -> Path:
     run_dir = copy_tree(prepared, tmp_path / "run")
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False,
-                      task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
     adapter = run_dir / "reranker" / "fold_0" / "adapter"
     get_peft_model(model, lora).save_pretrained(adapter)
     AutoTokenizer.from_pretrained(base).save_pretrained(adapter)
@@ -97,8 +101,15 @@ def test_stage_merges_an_adapter_then_checks_group_size_first(tmp_path, tiny_qwe
     from transformers import AutoModelForCausalLM
 
     run_dir = _adapter_only_run(tmp_path, tiny_qwen2_path, prepared_sample)
-    cfg = load_config(REPO / "configs" / "cpu.yaml", [f"run_dir={run_dir}", f"reranker.backbone={tiny_qwen2_path}",
-                                                      "quantize.group_size=128", "quantize.source=auto"])
+    cfg = load_config(
+        REPO / "configs" / "cpu.yaml",
+        [
+            f"run_dir={run_dir}",
+            f"reranker.backbone={tiny_qwen2_path}",
+            "quantize.group_size=128",
+            "quantize.source=auto",
+        ],
+    )
     with pytest.raises(GroupSizeError, match="model.layers.0.self_attn.q_proj"):
         run(cfg)
     merged_dir = run_dir / "reranker" / "fold_0" / "merged"
@@ -115,7 +126,7 @@ def test_stage_merges_an_adapter_then_checks_group_size_first(tmp_path, tiny_qwe
 
 
 def test_source_outside_folds_use_is_a_config_error(tmp_path, prepared_sample):
-    from eedi.config import ConfigError
+    from eedi.errors import ConfigError
 
     cfg = load_config(REPO / "configs" / "cpu.yaml", [f"run_dir={prepared_sample}", "quantize.source=3"])
     with pytest.raises(ConfigError, match=r"quantize.source=3.*folds.use=\[0\]"):
@@ -127,8 +138,13 @@ def test_source_outside_folds_use_is_a_config_error(tmp_path, prepared_sample):
 
 def test_top1_agreement_by_hand():
     def table(scores):
-        return pd.DataFrame([{"QuestionId_Answer": key, "rank": r, "MisconceptionId": r, "reranker_score": s}
-                             for key, row in scores.items() for r, s in enumerate(row)])
+        return pd.DataFrame(
+            [
+                {"QuestionId_Answer": key, "rank": r, "MisconceptionId": r, "reranker_score": s}
+                for key, row in scores.items()
+                for r, s in enumerate(row)
+            ]
+        )
 
     reference = table({"1_A": [0.1, 0.7, 0.2], "2_B": [0.5, 0.5, 0.0], "3_C": [0.2, 0.3, 0.5]})
     other = table({"1_A": [0.2, 0.6, 0.2], "2_B": [0.4, 0.6, 0.0], "3_C": [0.3, 0.3, 0.4]})
@@ -139,8 +155,18 @@ def test_top1_agreement_by_hand():
 
 
 def test_eval_candidates_keeps_whole_validation_pairs():
-    rows = [{"QuestionId_Answer": f"{q}_B", "rank": r, "MisconceptionId": r, "score": 0.0, "fold": 0,
-             "part": "val" if q < 10 else "train"} for q in range(20) for r in range(3)]
+    rows = [
+        {
+            "QuestionId_Answer": f"{q}_B",
+            "rank": r,
+            "MisconceptionId": r,
+            "score": 0.0,
+            "fold": 0,
+            "part": "val" if q < 10 else "train",
+        }
+        for q in range(20)
+        for r in range(3)
+    ]
     picked = eval_candidates(pd.DataFrame(rows), 4, seed=0)
     assert picked["QuestionId_Answer"].nunique() == 4 and len(picked) == 12
     assert set(picked["part"]) == {"val"}
@@ -195,7 +221,7 @@ def test_quantized_reranker_keeps_its_choices_and_metrics(quantized_sample):
         assert 0.25 < after["size_ratio"] < 0.4
         # The retriever order below depth is untouched, so recall@25 cannot change with 5 reranked candidates.
         assert after["recall@25"] == before["recall@25"]
-        # See README "6. quantize" for the thresholds: measured agreement and mean label-probability shift.
+        # See docs/results.md, "Quantize", for the thresholds: measured agreement and mean label-probability shift.
         assert after["top1_agreement"] >= TOP1_AGREEMENT_MIN, (method, after["top1_agreement"])
         assert after["score_mae"] <= SCORE_MAE_MAX, (method, after["score_mae"])
         assert abs(after["map@25"] - before["map@25"]) <= MAP_DELTA_MAX, (method, after["map@25"], before["map@25"])
@@ -227,8 +253,9 @@ def test_bitsandbytes_nf4_loads_trains_and_runs_on_cpu(tiny_qwen2_path):
     # Training comes first: on CPUs with AVX512-BF16, bitsandbytes 0.50 repacks the 4-bit weights for its
     # inference kernel at the first eval-mode forward, after which backward through a biased layer fails.
     torch.manual_seed(0)
-    model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj", "up_proj"],
-                                             task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model, LoraConfig(r=8, target_modules=["q_proj", "v_proj", "up_proj"], task_type="CAUSAL_LM")
+    )
     model.train()
     ids = torch.tensor([[1, 15, 27, 300, 42, 7, 99, 5]])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -254,8 +281,12 @@ def test_bitsandbytes_int8_runs_on_cpu(tiny_qwen2_path):
     import bitsandbytes as bnb
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_path, dtype=torch.float32, device_map={"": "cpu"},
-                                                 quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_qwen2_path,
+        dtype=torch.float32,
+        device_map={"": "cpu"},
+        quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+    )
     assert isinstance(model.model.layers[0].mlp.up_proj, bnb.nn.Linear8bitLt)
     reference = AutoModelForCausalLM.from_pretrained(tiny_qwen2_path, dtype=torch.float32)
     ids = torch.tensor([[1, 15, 27, 300, 42, 7, 99, 5]])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from conftest import copy_tree
 
-from eedi.pipeline import STAGES
-from eedi.report import build_report
+from eedi.evaluation.report import build_report
+from eedi.pipeline.registry import STAGES
 
 
 def check_report(run_dir: Path) -> str:
@@ -16,15 +16,22 @@ def check_report(run_dir: Path) -> str:
     # self-contained: plots are data URIs, nothing is fetched
     assert not re.search(r'src="(?!data:)', page) and "<link" not in page
     assert page.count('src="data:image/png;base64,') >= 2  # recall@K curve, MAP@25 by subject
-    for title in ("Metrics per fold", "Reranker gain over the retriever", "Retriever recall@K",
-                  "MAP@25 by subject", "Seen vs unseen", "Quantization", "Stage timings and memory"):
+    for title in (
+        "Metrics per fold",
+        "Reranker gain over the retriever",
+        "Retriever recall@K",
+        "MAP@25 by subject",
+        "Seen vs unseen",
+        "Quantization",
+        "Stage timings and memory",
+    ):
         assert title in page, title
     # quantization: the unquantized source first, then each method
-    quant = page[page.index("<h2>Quantization</h2>"):page.index("<h2>Stage timings")]
+    quant = page[page.index("<h2>Quantization</h2>") : page.index("<h2>Stage timings")]
     rows = re.findall(r"<tr>\s*<td>([a-z]+)</td>", quant)
     assert rows[0] == "unquantized" and {"gptq", "awq"} <= set(rows)
     # timings in pipeline order
-    timings = page[page.index("<h2>Stage timings"):]
+    timings = page[page.index("<h2>Stage timings") :]
     listed = re.findall(r"<tr>\s*<td>([a-z-]+)</td>", timings)
     assert listed == [s.name for s in STAGES if s.name in listed]
     return page

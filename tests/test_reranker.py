@@ -16,12 +16,14 @@ import pandas as pd
 import pytest
 
 from eedi.config import load_config
-from eedi.data import DataError
-from eedi.reranker import (
-    RERANKED_COLUMNS, build_prompt, fuse, label_token_ids, minmax, rerank, run, sliding_windows, train_reranker,
-    training_windows, sft_dataset,
-)
-from eedi.reranker_scoring import LabelTokenError, score_prompts
+from eedi.data.schema import RERANKED_COLUMNS
+from eedi.errors import MissingInputError
+from eedi.rerank.prompts import build_prompt
+from eedi.rerank.schemes import fuse, minmax, rerank
+from eedi.rerank.scoring import LabelTokenError, label_token_ids, score_prompts
+from eedi.rerank.stage import run
+from eedi.rerank.train import sft_dataset, train_reranker
+from eedi.rerank.windows import sliding_windows, training_windows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,25 +32,51 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(tmp_path: Path, backbone: Path, *overrides: str):
-    return load_config(REPO / "configs" / "cpu.yaml", [
-        f"run_dir={tmp_path / 'run'}", f"reranker.backbone={backbone}", "reranker.window_size=4",
-        "reranker.depth=6", "reranker.stride=2", "reranker.batch_size=4", "reranker.lora.r=4",
-        "reranker.lora.alpha=8", "reranker.lora.layers=null", "reranker.lr=5e-3", "reranker.epochs=2",
-        "reranker.max_train_windows=null", "reranker.save_steps=1000", "runtime.num_threads=null", *overrides])
+    return load_config(
+        REPO / "configs" / "cpu.yaml",
+        [
+            f"run_dir={tmp_path / 'run'}",
+            f"reranker.backbone={backbone}",
+            "reranker.window_size=4",
+            "reranker.depth=6",
+            "reranker.stride=2",
+            "reranker.batch_size=4",
+            "reranker.lora.r=4",
+            "reranker.lora.alpha=8",
+            "reranker.lora.layers=null",
+            "reranker.lr=5e-3",
+            "reranker.epochs=2",
+            "reranker.max_train_windows=null",
+            "reranker.save_steps=1000",
+            "runtime.num_threads=null",
+            *overrides,
+        ],
+    )
 
 
 def toy_tables(n_pairs: int = 4, n_candidates: int = 8) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """pairs, misconceptions and a candidates table (retriever ranks 0..n-1, decreasing cosine)."""
-    misconceptions = pd.DataFrame({"MisconceptionId": np.arange(10, 10 + n_candidates + 2),
-                                   "MisconceptionName": [f"Misconception number {i}" for i in range(n_candidates + 2)]})
-    pairs = pd.DataFrame({
-        "QuestionId_Answer": [f"{q}_B" for q in range(n_pairs)],
-        "QueryText": [f"Construct: Add fractions\nQuestion: 1/{q + 2} + 1/4\nIncorrect answer: 2/{q + 6}"
-                      for q in range(n_pairs)],
-        "MisconceptionId": pd.array([10 + (q % n_candidates) for q in range(n_pairs)], dtype="Int64"),
-    })
-    rows = [(f"{q}_B", r, 10 + (r + q) % n_candidates, 0.9 - 0.05 * r, 0, "val")
-            for q in range(n_pairs) for r in range(n_candidates)]
+    misconceptions = pd.DataFrame(
+        {
+            "MisconceptionId": np.arange(10, 10 + n_candidates + 2),
+            "MisconceptionName": [f"Misconception number {i}" for i in range(n_candidates + 2)],
+        }
+    )
+    pairs = pd.DataFrame(
+        {
+            "QuestionId_Answer": [f"{q}_B" for q in range(n_pairs)],
+            "QueryText": [
+                f"Construct: Add fractions\nQuestion: 1/{q + 2} + 1/4\nIncorrect answer: 2/{q + 6}"
+                for q in range(n_pairs)
+            ],
+            "MisconceptionId": pd.array([10 + (q % n_candidates) for q in range(n_pairs)], dtype="Int64"),
+        }
+    )
+    rows = [
+        (f"{q}_B", r, 10 + (r + q) % n_candidates, 0.9 - 0.05 * r, 0, "val")
+        for q in range(n_pairs)
+        for r in range(n_candidates)
+    ]
     candidates = pd.DataFrame(rows, columns=["QuestionId_Answer", "rank", "MisconceptionId", "score", "fold", "part"])
     return pairs, misconceptions, candidates
 
@@ -92,15 +120,23 @@ def _positive_candidates(positive_rank: int | None, n: int = 12) -> tuple[pd.Dat
     ids = list(range(100, 100 + n))
     if positive_rank is not None:
         ids[positive_rank] = 999
-    frame = pd.DataFrame({"QuestionId_Answer": "1_B", "rank": range(n), "MisconceptionId": ids,
-                          "score": np.linspace(0.9, 0.3, n)})
+    frame = pd.DataFrame(
+        {"QuestionId_Answer": "1_B", "rank": range(n), "MisconceptionId": ids, "score": np.linspace(0.9, 0.3, n)}
+    )
     return frame, 999
 
 
 def test_hard_window_keeps_positive_in_place_among_its_neighbours():
     candidates, positive = _positive_candidates(6)
-    windows = training_windows(candidates, {"1_B": positive}, window_size=5, windows_per_pair=40, hard_ratio=1.0,
-                               depth=12, rng=np.random.default_rng(0))
+    windows = training_windows(
+        candidates,
+        {"1_B": positive},
+        window_size=5,
+        windows_per_pair=40,
+        hard_ratio=1.0,
+        depth=12,
+        rng=np.random.default_rng(0),
+    )
     assert (windows["kind"] == "hard").all()
     rank_of = dict(zip(candidates["MisconceptionId"], candidates["rank"]))
     targets = set()
@@ -131,12 +167,12 @@ def test_shuffled_windows_hide_the_retriever_rank():
     candidates, positive = _positive_candidates(0)
     plain = training_windows(candidates, {"1_B": positive}, 5, 60, 0.5, 12, np.random.default_rng(3))
     assert set(plain["target"]) == {0}
-    shuffled = training_windows(candidates, {"1_B": positive}, 5, 60, 0.5, 12, np.random.default_rng(3),
-                                shuffle=True)
+    shuffled = training_windows(candidates, {"1_B": positive}, 5, 60, 0.5, 12, np.random.default_rng(3), shuffle=True)
     assert all(ids[t] == positive for ids, t in zip(shuffled["candidate_ids"], shuffled["target"]))
     assert set(shuffled["target"]) == {0, 1, 2, 3, 4}
-    assert all(len(set(ids)) == 5 and set(ids) <= set(candidates["MisconceptionId"])
-               for ids in shuffled["candidate_ids"])
+    assert all(
+        len(set(ids)) == 5 and set(ids) <= set(candidates["MisconceptionId"]) for ids in shuffled["candidate_ids"]
+    )
 
 
 def test_random_windows_draw_from_depth_and_ratio_is_exact():
@@ -156,8 +192,16 @@ def test_random_windows_draw_from_depth_and_ratio_is_exact():
 
 
 def test_pairs_without_candidates_get_corpus_windows():
-    windows = training_windows(pd.DataFrame(columns=["QuestionId_Answer", "rank", "MisconceptionId", "score"]),
-                               {"syn_1": 3}, 4, 2, 1.0, 25, np.random.default_rng(0), corpus_ids=range(10))
+    windows = training_windows(
+        pd.DataFrame(columns=["QuestionId_Answer", "rank", "MisconceptionId", "score"]),
+        {"syn_1": 3},
+        4,
+        2,
+        1.0,
+        25,
+        np.random.default_rng(0),
+        corpus_ids=range(10),
+    )
     assert list(windows["kind"]) == ["random", "random"]
     assert all(ids[t] == 3 and len(set(ids)) == 4 for ids, t in zip(windows["candidate_ids"], windows["target"]))
 
@@ -166,11 +210,19 @@ def test_prompt_holds_question_context_and_labelled_candidates(smollm2_path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
-    pair = {"QueryText": "Construct: Add fractions\nSubject: Fractions\nQuestion: 1/2+1/4\n"
-                         "Correct answer: 3/4\nIncorrect answer: 2/6"}
+    pair = {
+        "QueryText": "Construct: Add fractions\nSubject: Fractions\nQuestion: 1/2+1/4\n"
+        "Correct answer: 3/4\nIncorrect answer: 2/6"
+    }
     prompt = build_prompt(pair, ["Adds numerators and denominators", "Multiplies instead", "Rounds down"], tokenizer)
-    for text in ("Construct: Add fractions", "Subject: Fractions", "Correct answer: 3/4", "Incorrect answer: 2/6",
-                 "A. Adds numerators and denominators\nB. Multiplies instead\nC. Rounds down", "(A-C)"):
+    for text in (
+        "Construct: Add fractions",
+        "Subject: Fractions",
+        "Correct answer: 3/4",
+        "Incorrect answer: 2/6",
+        "A. Adds numerators and denominators\nB. Multiplies instead\nC. Rounds down",
+        "(A-C)",
+    ):
         assert text in prompt
     assert "D." not in prompt
     assert prompt.endswith("<|im_start|>assistant\n"), "the prompt ends where the label is generated"
@@ -210,8 +262,14 @@ def tiny_reranker(tmp_path_factory, tiny_qwen2_path):
     windows = training_windows(candidates, positives, 4, 4, 0.5, 6, np.random.default_rng(0))
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2_path)
     names = dict(zip(misconceptions["MisconceptionId"], misconceptions["MisconceptionName"]))
-    dataset = sft_dataset(windows, {r["QuestionId_Answer"]: r for r in pairs.to_dict("records")}, names,
-                          tokenizer, 4, config.reranker.max_length)
+    dataset = sft_dataset(
+        windows,
+        {r["QuestionId_Answer"]: r for r in pairs.to_dict("records")},
+        names,
+        tokenizer,
+        4,
+        config.reranker.max_length,
+    )
     out_dir = tmp / "fold"
     summary = train_reranker(config, dataset, out_dir)
     return config, out_dir, summary, dataset
@@ -244,7 +302,7 @@ def test_tiny_qwen2_trains_a_few_steps(tiny_reranker):
 def test_tiny_qwen2_merges_and_scores_a_window(tiny_reranker, tiny_qwen2_path):
     from transformers import AutoTokenizer
 
-    from eedi.reranker import merge_adapter
+    from eedi.rerank.train import merge_adapter
 
     config, out_dir, _, _ = tiny_reranker
     merged = merge_adapter(out_dir / "adapter", out_dir / "merged", config)
@@ -262,13 +320,18 @@ def test_tiny_qwen2_merges_and_scores_a_window(tiny_reranker, tiny_qwen2_path):
 @pytest.mark.parametrize("scheme", ["sliding", "tournament"])
 def test_rerank_reorders_top_depth_only(tiny_reranker, tiny_qwen2_path, scheme):
     config, _, _, _ = tiny_reranker
-    config = config.model_copy(update={"reranker": config.reranker.model_copy(
-        update={"scheme": scheme, "tta_reverse": scheme == "tournament", "fusion_weight": 0.7})})
+    config = config.model_copy(
+        update={
+            "reranker": config.reranker.model_copy(
+                update={"scheme": scheme, "tta_reverse": scheme == "tournament", "fusion_weight": 0.7}
+            )
+        }
+    )
     pairs, misconceptions, candidates = toy_tables(n_pairs=3, n_candidates=10)
     out = rerank(config, tiny_qwen2_path, candidates, pairs, misconceptions, "transformers")
     assert list(out.columns) == RERANKED_COLUMNS and len(out) == len(candidates)
     depth = config.reranker.depth
-    for key, group in out.groupby("QuestionId_Answer"):
+    for _key, group in out.groupby("QuestionId_Answer"):
         assert sorted(group["final_rank"]) == list(range(10))
         top, rest = group[group["rank"] < depth], group[group["rank"] >= depth]
         assert sorted(top["final_rank"]) == list(range(depth)), "the reranked block fills the first places"
@@ -295,7 +358,7 @@ def test_stage_without_candidates_names_the_file(tmp_path, tiny_qwen2_path, prep
     shutil.copytree(prepared_sample, run_dir)
     shutil.rmtree(run_dir / "candidates", ignore_errors=True)  # the shared run may be indexed already
     config = tiny_config(tmp_path, tiny_qwen2_path)
-    with pytest.raises(DataError, match=r"candidates/fold_0.parquet: not found: run the index stage"):
+    with pytest.raises(MissingInputError, match=r"candidates/fold_0.parquet not found: run `eedi index` first"):
         run(config)
 
 
@@ -313,8 +376,9 @@ def test_reranked_sample_outputs(reranked_sample):
     reranked = pd.read_parquet(reranked_sample / "reranked" / "fold_0.parquet")
     assert list(reranked.columns) == RERANKED_COLUMNS
     assert (reranked["part"] == "val").all()
-    assert (reranked.groupby("QuestionId_Answer")["final_rank"].apply(sorted)
-            .apply(lambda r: r == list(range(len(r))))).all()
+    assert (
+        reranked.groupby("QuestionId_Answer")["final_rank"].apply(sorted).apply(lambda r: r == list(range(len(r))))
+    ).all()
     fold_dir = reranked_sample / "reranker" / "fold_0"
     assert (fold_dir / "merged" / "config.json").exists() and (fold_dir / "adapter" / "adapter_config.json").exists()
     windows = pd.read_parquet(fold_dir / "train_windows.parquet")
@@ -322,12 +386,13 @@ def test_reranked_sample_outputs(reranked_sample):
     assert set(windows["QuestionId_Answer"]) <= set(candidates.loc[candidates["part"] == "train", "QuestionId_Answer"])
 
 
-@pytest.mark.open_bar  # not met reliably yet: README "5. train-reranker"; `make test-bars` runs it
+@pytest.mark.open_bar  # not met reliably yet: docs/results.md "Train-reranker"; `make test-bars` runs it
 def test_reranker_beats_retriever_on_sample_fold0(reranked_sample):
     """The issue's bar: on the same fold-0 candidates, reranked MAP@25 above the retriever's."""
     metrics = json.loads((reranked_sample / "metrics.json").read_text())["fold_0"]
-    assert metrics["reranker"]["map@25"] > metrics["retriever"]["map@25"], \
-        {name: metrics[name]["map@25"] for name in ("retriever", "reranker")}
+    assert metrics["reranker"]["map@25"] > metrics["retriever"]["map@25"], {
+        name: metrics[name]["map@25"] for name in ("retriever", "reranker")
+    }
 
 
 # --------------------------------------------------------------------------- vLLM (inference environment)
@@ -344,15 +409,16 @@ def test_vllm_and_transformers_scores_agree(tmp_path, smollm2_path, prepared_sam
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     from transformers import AutoTokenizer
 
-    from eedi.data import load_misconceptions, load_pairs
+    from eedi.data.artifacts import load_misconceptions, load_pairs
 
     config = load_config(REPO / "configs" / "cpu.yaml", [f"run_dir={tmp_path}", f"reranker.backbone={smollm2_path}"])
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
     pairs = load_pairs(prepared_sample).dropna(subset=["MisconceptionId"]).head(12)
     names = load_misconceptions(prepared_sample)["MisconceptionName"].tolist()
     rng = np.random.default_rng(0)
-    prompts = [build_prompt(pair, list(rng.choice(names, 5, replace=False)), tokenizer)
-               for pair in pairs.to_dict("records")]
+    prompts = [
+        build_prompt(pair, list(rng.choice(names, 5, replace=False)), tokenizer) for pair in pairs.to_dict("records")
+    ]
     hf = score_prompts(smollm2_path, prompts, 5, "transformers", config)
     vllm = score_prompts(smollm2_path, prompts, 5, "vllm", config)
     assert hf.shape == vllm.shape == (12, 5)

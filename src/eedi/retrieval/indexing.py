@@ -1,0 +1,95 @@
+"""The index stage's work per fold: candidates for the fold's train and validation pairs, and for the test pairs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from eedi.config import Config
+from eedi.data.folds import train_val_split
+from eedi.errors import ConfigError, MissingInputError
+from eedi.evaluation.metrics import ranking_metrics
+from eedi.fileio import update_json, write_parquet
+from eedi.layout import FULL, TEST, RunLayout, model_name
+from eedi.retrieval.model import encode_corpus, encode_queries, load_encoder
+from eedi.retrieval.search import CandidateRetriever, candidates_frame, top_k_from_scores, unseen_prior
+from eedi.runtime import resolve
+
+log = logging.getLogger(__name__)
+
+
+def _fold_model(layout: RunLayout, name: str) -> Path:
+    path = layout.retriever_model(name)
+    if not path.is_dir():
+        raise MissingInputError(path, "train-retriever", f"no retriever for {name}")
+    return path
+
+
+def index_fold(
+    config: Config, fold: int, pairs: pd.DataFrame, folds: pd.DataFrame, misconceptions: pd.DataFrame
+) -> dict:
+    """Index + candidates + metrics for one fold."""
+    layout, name = RunLayout(config.run_dir), model_name(fold)
+    model = load_encoder(_fold_model(layout, name), resolve(config.runtime))
+    train, val = train_val_split(pairs, folds, fold)
+    if val.empty:
+        raise ConfigError(f"folds.use: fold {fold} has no labelled validation pairs")
+    seen = set(train["MisconceptionId"].astype(int))
+    retriever = CandidateRetriever(model, misconceptions, config, train)
+    retriever.index.save(layout.index(name))
+    val_scores, val_ids = retriever.search(val["QueryText"].tolist())
+    train_scores, train_ids = retriever.search(train["QueryText"].tolist(), train["QuestionId"].tolist())
+    parts = [
+        candidates_frame(val["QuestionId_Answer"].tolist(), val_scores, val_ids, fold, "val"),
+        candidates_frame(train["QuestionId_Answer"].tolist(), train_scores, train_ids, fold, "train"),
+    ]
+    actual = val["MisconceptionId"].astype(int).tolist()
+    metrics = ranking_metrics(actual, val_ids.tolist(), seen=[a in seen for a in actual])
+    write_parquet(layout.candidates(name), pd.concat(parts, ignore_index=True))
+    update_json(layout.metrics, {name: {"retriever": metrics}})
+    log.info(
+        "fold %d: retriever MAP@25 %.4f, recall@25 %.4f (%d val pairs)",
+        fold,
+        metrics["map@25"],
+        metrics["recall@25"],
+        metrics["n"],
+    )
+    return metrics
+
+
+def test_candidates(config: Config, test: pd.DataFrame, misconceptions: pd.DataFrame, labelled: pd.DataFrame) -> str:
+    """candidates/test.parquet from the full-fit model, else the fold models' mean cosine. Returns the source.
+
+    ``labelled``: every labelled training pair (the full-fit model's training rows: prior and label memory)."""
+    layout = RunLayout(config.run_dir)
+    placement = resolve(config.runtime)
+    queries = test["QueryText"].tolist()
+    if layout.retriever_model(FULL).is_dir():
+        retriever = CandidateRetriever(
+            load_encoder(_fold_model(layout, FULL), placement), misconceptions, config, labelled
+        )
+        retriever.index.save(layout.index(FULL))
+        scores, ids = retriever.search(queries)
+        source = FULL
+    else:
+        # Cosine scores of different fold models are on one scale (all unit vectors), so their mean is a
+        # plain ensemble; dense scores are fine at this corpus size (test pairs x 2,587). The label memory
+        # belongs to one model's embedding space: it is used with the full-fit model only.
+        batch = config.retriever.encode_batch_size
+        corpus_ids = misconceptions["MisconceptionId"].to_numpy(np.int64)
+        texts = misconceptions["MisconceptionName"].tolist()
+        total = np.zeros((len(queries), len(corpus_ids)), dtype=np.float32)
+        for fold in config.folds.use:
+            model = load_encoder(_fold_model(layout, model_name(fold)), placement)
+            total += encode_queries(model, queries, batch) @ encode_corpus(model, texts, batch).T
+        seen = labelled["MisconceptionId"].astype(int)
+        total = total / len(config.folds.use) + unseen_prior(corpus_ids, seen, config.index.unseen_boost)
+        scores, ids = top_k_from_scores(total, corpus_ids, config.index.top_k)
+        source = "mean of folds " + ",".join(map(str, config.folds.use))
+    write_parquet(
+        layout.candidates(TEST), candidates_frame(test["QuestionId_Answer"].tolist(), scores, ids, -1, "test")
+    )
+    return source

@@ -1,0 +1,150 @@
+"""InfoNCE over in-batch, hard and random negatives, with optional GradCache
+(sentence-transformers' CachedLossMixin).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sentence_transformers.base.losses.gradcache import CachedLossMixin
+from torch import Tensor, nn
+
+from eedi.retrieval.negatives import NegativeSampler, document_set
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)  # DistributedDataParallel
+
+
+class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
+    """InfoNCE of each query against one shared, deduplicated set of documents, with online hard negatives.
+
+    ``sentence_features`` = [queries]; ``labels`` = (batch, 1 + n_random) ids from the collator.
+    Loss = mean_i CE(scale * cos(q_i, D), positive_i), D = the batch's positives + random + hard negatives.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        corpus_ids: Sequence[int],
+        corpus_texts: Sequence[str],
+        sampler: NegativeSampler,
+        scale: float,
+        refresh_steps: int,
+        mini_batch_size: int = 16,
+        gradient_cache: bool = False,
+        encode_batch_size: int = 64,
+    ):
+        super().__init__()
+        self.model = model
+        self.texts = dict(zip((int(i) for i in corpus_ids), corpus_texts))
+        self.corpus_ids = list(self.texts)
+        self.sampler, self.scale, self.refresh_steps = sampler, float(scale), refresh_steps
+        # Without GradCache the texts are still embedded in chunks (with gradients, all kept for one
+        # backward): trailing padding is trimmed per chunk, which saves compute on length-sorted input.
+        self.mini_batch_size = mini_batch_size
+        # Read by sentence-transformers' wrappers (Matryoshka etc.) too.
+        self.uses_gradient_cache = gradient_cache
+        self.encode_batch_size = encode_batch_size
+        self.global_step = 0
+        """Set by the Trainer callback before every step: the cache refreshes on multiples of refresh_steps."""
+        self.refresh_seconds = 0.0
+        self._cache: Tensor | None = None
+        self._cache_step: int | None = None
+
+    # ----------------------------------------------------------------- mining
+
+    def refresh_corpus(self) -> None:
+        """Re-embed every misconception with the current weights (no gradients, dropout off)."""
+        t0 = time.perf_counter()
+        module = _unwrap(self.model)
+        training = module.training
+        embeddings = module.encode_document(
+            [self.texts[i] for i in self.corpus_ids],
+            batch_size=self.encode_batch_size,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        module.train(training)
+        self._cache, self._cache_step = embeddings.float(), self.global_step
+        self.refresh_seconds += time.perf_counter() - t0
+
+    def _corpus_cache(self) -> Tensor:
+        due = self.global_step % self.refresh_steps == 0 and self.global_step != self._cache_step
+        if self._cache is None or due:
+            self.refresh_corpus()
+        return self._cache
+
+    def _documents(
+        self, query_reps: Tensor, features: dict[str, Tensor], labels: Tensor
+    ) -> tuple[dict[str, Any], Tensor]:
+        """Mine hard negatives for these query embeddings; tokenize the batch's unique documents.
+        Returns the documents' features and each query's target column among them."""
+        labels = labels.cpu().numpy()
+        positives = labels[:, 0].tolist()
+        negatives = list(labels[:, 1:])
+        if self.sampler.n_hard:
+            cache = self._corpus_cache().to(query_reps.device)
+            scores = (F.normalize(query_reps.detach().float(), dim=-1) @ cache.T).cpu().numpy()
+            content = features["input_ids"].cpu().numpy().tobytes()
+            negatives = [
+                np.concatenate([r, h]) for r, h in zip(negatives, self.sampler.hard(scores, positives, content))
+            ]
+        doc_ids, targets = document_set(positives, negatives)
+        # Longest first, so that each embedding chunk pads only to its own longest text.
+        order = sorted(range(len(doc_ids)), key=lambda i: -len(self.texts[doc_ids[i]]))
+        position = {old: new for new, old in enumerate(order)}
+        texts = [self.texts[doc_ids[i]] for i in order]
+        device = query_reps.device
+        doc_features = {
+            k: v.to(device) if isinstance(v, Tensor) else v for k, v in _unwrap(self.model).preprocess(texts).items()
+        }
+        return doc_features, torch.tensor([position[t] for t in targets], dtype=torch.long, device=device)
+
+    # ----------------------------------------------------------------- loss
+
+    def _embed(self, features: dict[str, Tensor], with_grad: bool) -> list[Tensor]:
+        return [reps for reps, _ in self.embed_minibatch_iter(features, with_grad=with_grad, copy_random_state=False)]
+
+    def calculate_loss(
+        self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
+    ) -> Tensor:
+        queries = F.normalize(torch.cat(reps[0]).float(), dim=-1)
+        documents = F.normalize(torch.cat(reps[1]).float(), dim=-1)
+        loss = F.cross_entropy(queries @ documents.T * self.scale, labels.to(queries.device))
+        if with_backward:
+            loss.backward()
+            loss = loss.detach()
+        return loss
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        sentence_features = list(sentence_features)
+        if len(sentence_features) != 1:
+            raise ValueError(f"expected the query features only, got {len(sentence_features)} columns")
+        queries = sentence_features[0]
+        if self.uses_gradient_cache:
+            with torch.no_grad():
+                query_reps = torch.cat(self._embed(queries, with_grad=False))
+            documents, targets = self._documents(query_reps, queries, labels)
+            return self.forward_cached([queries, documents], targets)
+        query_reps = self._embed(queries, with_grad=True)
+        documents, targets = self._documents(torch.cat(query_reps), queries, labels)
+        return self.calculate_loss([query_reps, self._embed(documents, with_grad=True)], targets)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "scale": self.scale,
+            "n_hard": self.sampler.n_hard,
+            "hard_ranks": list(self.sampler.hard_ranks),
+            "n_random": self.sampler.n_random,
+            "refresh_steps": self.refresh_steps,
+            "mini_batch_size": self.mini_batch_size,
+            "gradient_cache": self.uses_gradient_cache,
+        }

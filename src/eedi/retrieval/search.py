@@ -1,0 +1,246 @@
+"""Retrieval: encode queries, exact FAISS inner-product search over the misconceptions, top-k candidates.
+
+:class:`CandidateRetriever` is the one retrieval path: the index stage, the infer stage, the Kaggle
+notebook and the service all call it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from eedi.config import Config
+from eedi.data.schema import CANDIDATE_COLUMNS
+from eedi.errors import ConfigError, MissingInputError
+from eedi.fileio import atomic_path
+from eedi.retrieval.model import encode_corpus, encode_queries
+
+log = logging.getLogger(__name__)
+
+
+def gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+@dataclass
+class FaissIndex:
+    """A FAISS inner-product index and the MisconceptionId of each of its rows."""
+
+    index: faiss.Index
+    ids: np.ndarray
+
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray,
+        ids: np.ndarray,
+        kind: Literal["exact", "ivf"] = "exact",
+        nlist: int = 64,
+        nprobe: int = 8,
+        use_gpu: bool | Literal["auto"] = "auto",
+    ) -> FaissIndex:
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        ids = np.asarray(ids, dtype=np.int64)
+        if embeddings.ndim != 2 or len(embeddings) != len(ids) or not len(ids):
+            raise ValueError(f"need one embedding per id, got {embeddings.shape} for {len(ids)} ids")
+        dim = embeddings.shape[1]
+        if kind == "exact":
+            index = faiss.IndexFlatIP(dim)
+        elif kind == "ivf":
+            # FAISS wants >= 39 training points per list; fewer lists than that only warn and cluster badly.
+            lists = max(1, min(nlist, len(ids) // 39))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+            index.train(embeddings)
+            index.nprobe = min(nprobe, lists)
+        else:
+            raise ValueError(f"unknown index kind {kind!r}")
+        if use_gpu is True or (use_gpu == "auto" and gpu_available()):
+            if not gpu_available():
+                raise ConfigError(
+                    "index.use_gpu=true but faiss has no GPU support or sees no GPU "
+                    "(pip install faiss-gpu-cu12, or set index.use_gpu=auto)"
+                )
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        index.add(embeddings)
+        return cls(index, ids)
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, MisconceptionIds), each (n_queries, min(k, size)), best first.
+
+        An index built with a prior (:func:`with_prior`) has one dimension more than the queries: each
+        query gets a constant 1 there, so its score is cosine + the misconception's prior."""
+        k = min(k, self.size)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim == 2 and queries.shape[1] == self.index.d - 1:
+            queries = np.hstack([queries, np.ones((len(queries), 1), dtype=np.float32)])
+        scores, rows = self.index.search(queries, k)
+        if (rows < 0).any():  # IVF with too few probed lists can come back short
+            raise ConfigError(f"the index returned fewer than {k} results; raise index.nprobe")
+        return scores, self.ids[rows]
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (.faiss) and ``path`` with suffix .ids.npy, each atomically."""
+        path = Path(path)
+        index = self.index
+        if hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex):
+            index = faiss.index_gpu_to_cpu(index)
+        with atomic_path(ids_path(path)) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, self.ids)
+        with atomic_path(path) as tmp:
+            faiss.write_index(index, str(tmp))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, use_gpu: bool | Literal["auto"] = "auto") -> FaissIndex:
+        path = Path(path)
+        if not path.is_file() or not ids_path(path).is_file():
+            raise MissingInputError(f"index {path} or its id map {ids_path(path)}", "index")
+        index = faiss.read_index(str(path))
+        if use_gpu is True or (use_gpu == "auto" and gpu_available()):
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        return cls(index, np.load(ids_path(path)))
+
+
+def ids_path(index_path: Path) -> Path:
+    return Path(index_path).with_suffix(".ids.npy")
+
+
+def candidates_frame(keys: list[str], scores: np.ndarray, ids: np.ndarray, fold: int, part: str) -> pd.DataFrame:
+    """Long candidates table from (n, k) search results."""
+    n, k = ids.shape
+    return pd.DataFrame(
+        {
+            "QuestionId_Answer": np.repeat(np.asarray(keys, dtype=object), k),
+            "rank": np.tile(np.arange(k, dtype=np.int64), n),
+            "MisconceptionId": ids.reshape(-1).astype(np.int64),
+            "score": scores.reshape(-1).astype(np.float32),
+            "fold": np.int64(fold),
+            "part": part,
+        },
+        columns=CANDIDATE_COLUMNS,
+    )
+
+
+def unseen_prior(corpus_ids: np.ndarray, seen_ids: Iterable[int], boost: float) -> np.ndarray:
+    """``boost`` for every misconception without a labelled training pair, 0 for the others.
+
+    A fine-tuned retriever ranks the misconceptions it was trained on above the ones it never saw,
+    while a test set of new questions is rich in the latter (a third of each validation fold here,
+    most of the competition's hidden test): the prior evens that out (``index.unseen_boost``)."""
+    seen = np.isin(np.asarray(corpus_ids, dtype=np.int64), np.fromiter((int(i) for i in seen_ids), dtype=np.int64))
+    return np.where(seen, 0.0, float(boost)).astype(np.float32)
+
+
+def with_prior(embeddings: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+    """Document embeddings with the prior as one extra dimension (inner product = cosine + prior)."""
+    if prior is None or not np.any(prior):
+        return embeddings
+    return np.hstack([embeddings, prior.reshape(-1, 1).astype(np.float32)])
+
+
+def top_k_from_scores(scores: np.ndarray, corpus_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of a dense (n, corpus) score matrix, best first."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(
+        part, np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable"), axis=1
+    )
+    return np.take_along_axis(scores, order, axis=1), corpus_ids[order]
+
+
+class CandidateRetriever:
+    """The one retrieval path (index stage, infer stage, Kaggle notebook) for one trained retriever model.
+
+    Score of misconception m for a query q (all vectors unit length)::
+
+        score(q, m) = cos(q, m) + prior(m) + knn_weight * max(0, memory(q, m) - cos(q, m))
+
+    * ``prior(m)`` = ``index.unseen_boost`` when m has no labelled training pair, else 0
+      (:func:`unseen_prior`; FAISS gets it as one extra dimension of the misconception vectors);
+    * ``memory(q, m)`` = the highest cosine between q and a *training query* labelled m, over q's
+      ``index.knn_neighbours`` nearest training queries (a second FAISS index, the "label memory").
+      Questions that share a misconception are often worded alike: the memory recalls the label of a
+      near-identical training question directly. It can only raise a score, and only of seen misconceptions.
+
+    ``labelled`` (QuestionId, QueryText, MisconceptionId) are the model's training pairs; None (zero-shot
+    use) disables both terms. Exact for ``index.kind=exact``: every misconception the memory can raise is
+    rescored, so none outside the FAISS top-k can be missed.
+    """
+
+    def __init__(self, model, misconceptions: pd.DataFrame, config: Config, labelled: pd.DataFrame | None = None):
+        self.model, self.config = model, config
+        self._encode_queries = encode_queries
+        self.batch = config.retriever.encode_batch_size
+        self.corpus_ids = misconceptions["MisconceptionId"].to_numpy(np.int64)
+        self.column = {int(m): i for i, m in enumerate(self.corpus_ids)}
+        self.documents = encode_corpus(model, misconceptions["MisconceptionName"].tolist(), self.batch)
+        cfg = config.index
+        seen = [] if labelled is None else labelled["MisconceptionId"].astype(int).tolist()
+        self.prior = unseen_prior(self.corpus_ids, seen, cfg.unseen_boost if labelled is not None else 0.0)
+        self.index = FaissIndex.build(
+            with_prior(self.documents, self.prior),
+            self.corpus_ids,
+            kind=cfg.kind,
+            nlist=cfg.nlist,
+            nprobe=cfg.nprobe,
+            use_gpu=cfg.use_gpu,
+        )
+        self.memory: FaissIndex | None = None
+        if labelled is not None and len(labelled) and cfg.knn_weight > 0:
+            embeddings = encode_queries(model, labelled["QueryText"].tolist(), self.batch)
+            self.memory = FaissIndex.build(
+                embeddings, labelled["MisconceptionId"].to_numpy(np.int64), kind="exact", use_gpu=cfg.use_gpu
+            )
+            self.memory_questions = labelled["QuestionId"].to_numpy(np.int64)
+
+    def search(
+        self, query_texts: list[str], question_ids: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, MisconceptionIds), each (n, index.top_k), best first. ``question_ids``: the queries' own
+        QuestionIds, whose training pairs the memory then skips (candidates for a model's own training pairs
+        must not recall their own labels)."""
+        k = self.config.index.top_k
+        if not query_texts:
+            return np.empty((0, min(k, len(self.corpus_ids))), np.float32), np.empty((0, 0), np.int64)
+        queries = self._encode_queries(self.model, query_texts, self.batch)
+        scores, ids = self.index.search(queries, k)
+        if self.memory is None:
+            return scores, ids
+        cfg = self.config.index
+        k = ids.shape[1]
+        sims, rows = self.memory.index.search(
+            np.ascontiguousarray(queries), min(cfg.knn_neighbours + 8, self.memory.size)
+        )
+        out_scores = np.empty_like(scores)
+        out_ids = np.empty_like(ids)
+        for i in range(len(queries)):
+            recalled: dict[int, float] = {}
+            taken = 0
+            for sim, row in zip(sims[i], rows[i]):
+                if row < 0 or taken == cfg.knn_neighbours:
+                    break
+                if question_ids is not None and self.memory_questions[row] == question_ids[i]:
+                    continue
+                taken += 1
+                label = int(self.memory.ids[row])
+                recalled[label] = max(recalled.get(label, -1.0), float(sim))
+            pool = np.unique(np.concatenate([ids[i], np.fromiter(recalled, dtype=np.int64, count=len(recalled))]))
+            columns = np.array([self.column[int(m)] for m in pool])
+            cosine = self.documents[columns] @ queries[i]
+            memory = np.array([recalled.get(int(m), -np.inf) for m in pool])
+            final = cosine + self.prior[columns] + cfg.knn_weight * np.maximum(0.0, memory - cosine)
+            order = np.argsort(-final, kind="stable")[:k]
+            out_scores[i], out_ids[i] = final[order], pool[order]
+        return out_scores, out_ids

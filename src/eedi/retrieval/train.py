@@ -1,0 +1,330 @@
+"""Contrastive fine-tuning of the bi-encoder for one fold (sentence-transformers Trainer, resumable)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch.distributed as dist
+from datasets import Dataset
+from peft import PeftModel, set_peft_model_state_dict
+from safetensors.torch import load_file
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from transformers import TrainerCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from eedi.config import Config, RetrieverConfig, config_to_dict
+from eedi.data.artifacts import load_folds, load_misconceptions, load_pairs
+from eedi.data.folds import train_val_split
+from eedi.data.schema import K
+from eedi.errors import DataError
+from eedi.evaluation.metrics import ranking_metrics
+from eedi.fileio import atomic_dir, file_sha256, read_json, write_json, write_text
+from eedi.layout import RunLayout, model_name
+from eedi.manifest import fingerprint
+from eedi.retrieval.loss import HardNegativeInfoNCE
+from eedi.retrieval.model import build_model, encode_corpus, encode_queries
+from eedi.retrieval.negatives import ContrastiveCollator, NegativeSampler
+from eedi.retrieval.search import top_k_from_scores
+from eedi.runtime import Placement, resolve
+from eedi.synthesis.store import load_synthetic_pairs
+
+log = logging.getLogger(__name__)
+
+
+def retrieval_map(
+    model: SentenceTransformer,
+    queries: list[str],
+    positives: list[int],
+    corpus_ids: np.ndarray,
+    corpus_texts: list[str],
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """MAP@25 / recall of ``model`` on (query, positive) pairs against the whole corpus."""
+    scores = encode_queries(model, queries, batch_size) @ encode_corpus(model, corpus_texts, batch_size).T
+    _, ids = top_k_from_scores(scores, np.asarray(corpus_ids), K)
+    return ranking_metrics(positives, ids.tolist(), recall_ks=(1, 25))
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _training_rows(config: Config, fold: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    train, val = train_val_split(load_pairs(config.run_dir), load_folds(config.run_dir), fold)
+    synthetic = getattr(config, "synthetic", None)
+    if synthetic is not None and synthetic.use:
+        extra = load_synthetic_pairs(config)
+        extra = extra[extra["MisconceptionId"].notna()]
+        log.info("adding %d synthetic pairs to the training rows", len(extra))
+        train = pd.concat([train, extra], ignore_index=True)
+    if train.empty:
+        raise DataError(
+            RunLayout(config.run_dir).pairs,
+            f"no labelled training pairs for {'full fit' if fold is None else f'fold {fold}'}",
+        )
+    return train, val
+
+
+class EpochLog(TrainerCallback):
+    """Logs mean loss and validation MAP@25 per epoch (epoch 0 = the starting model, zero-shot); keeps the
+    loss's negative sampling in step with the Trainer (epoch for the draws, global step for the cache)."""
+
+    def __init__(
+        self,
+        loss: HardNegativeInfoNCE,
+        val_queries: list[str],
+        val_positives: list[int],
+        corpus_ids: np.ndarray,
+        corpus_texts: list[str],
+        log_path: Path,
+        batch_size: int,
+    ):
+        self.loss = loss
+        self.val_queries, self.val_positives = val_queries, val_positives
+        self.corpus_ids, self.corpus_texts = corpus_ids, corpus_texts
+        self.log_path, self.batch_size = log_path, batch_size
+        self.losses: list[float] = []
+        self.t_epoch, self.cpu_epoch = time.perf_counter(), time.process_time()
+        self.last_logged_step = -1
+
+    def _record(self, state, model, **extra) -> None:
+        entry = {"epoch": round(float(state.epoch or 0), 4), "step": int(state.global_step), **extra}
+        if self.losses:
+            entry["loss"] = float(np.mean(self.losses))
+            self.losses = []
+        self.last_logged_step = state.global_step
+        if not state.is_world_process_zero:
+            return  # other DDP ranks go on to the next step and wait for rank 0 there
+        if self.val_queries:
+            t0 = time.perf_counter()
+            metrics = retrieval_map(
+                model, self.val_queries, self.val_positives, self.corpus_ids, self.corpus_texts, self.batch_size
+            )
+            model.train()  # encode() left it in eval mode
+            entry.update(
+                {
+                    "val_map@25": metrics["map@25"],
+                    "val_recall@25": metrics["recall@25"],
+                    "eval_seconds": round(time.perf_counter() - t0, 2),
+                }
+            )
+        lines = self.log_path.read_text().splitlines() if self.log_path.exists() else []
+        write_text(self.log_path, "\n".join([*lines, json.dumps(entry)]) + "\n")
+        log.info("retriever %s", entry)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # On resume the Trainer has loaded the checkpoint's weights by now: the entry then describes those.
+        self._record(state, model, world_size=args.world_size)
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.loss.sampler.epoch = int(round(state.epoch or 0))
+        self.loss.refresh_seconds = 0.0
+        self.t_epoch, self.cpu_epoch = time.perf_counter(), time.process_time()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.loss.global_step = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+
+    def _timing(self) -> dict:
+        # CPU seconds of this process too: on a shared machine they measure the work, wall time the wait.
+        return {
+            "train_seconds": round(time.perf_counter() - self.t_epoch, 2),
+            "train_cpu_seconds": round(time.process_time() - self.cpu_epoch, 2),
+            "corpus_refresh_seconds": round(self.loss.refresh_seconds, 2),
+        }
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self._record(state, model, **self._timing())
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step != self.last_logged_step:  # max_steps stopped mid-epoch
+            self._record(state, model, **self._timing())
+
+
+class RetrieverTrainer(SentenceTransformerTrainer):
+    """Resumes LoRA runs from the adapter alone, instead of re-reading the whole backbone."""
+
+    def _load_from_checkpoint(self, checkpoint_path: str, model=None) -> None:
+        adapter = Path(checkpoint_path) / "adapter_model.safetensors"
+        transformers_model = self.model.transformers_model
+        if adapter.exists() and getattr(transformers_model, "_hf_peft_config_loaded", False):
+            result = set_peft_model_state_dict(transformers_model, load_file(str(adapter)))
+            if getattr(result, "unexpected_keys", None):
+                raise RuntimeError(
+                    f"checkpoint {checkpoint_path} does not match the adapter: {result.unexpected_keys[:3]}"
+                )
+            return
+        super()._load_from_checkpoint(checkpoint_path)
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def train_fold(config: Config, fold: int | None) -> dict:
+    """Train (or resume, or skip) the retriever of one fold; ``fold=None`` trains on all labelled pairs."""
+    cfg = config.retriever
+    layout = RunLayout(config.run_dir)
+    out = layout.retriever(model_name(fold))
+    log_path, info_path = RunLayout.train_log(out), RunLayout.train_info(out)
+    train_fp = _train_fingerprint(config, fold)
+    trained_fp = (read_json(info_path, default={}) or {}).get("fingerprint")
+    if trained_fp == train_fp and RunLayout.model_dir(out).is_dir():
+        log.info("%s: trained with this config, reused", out)
+        return _summary(log_path)
+    # Another config's model, adapter, checkpoints and log must be neither reused nor resumed.
+    stale = trained_fp != train_fp
+    if stale and _is_main_process():
+        for path in (RunLayout.model_dir(out), RunLayout.adapter_dir(out), RunLayout.checkpoints_dir(out), log_path):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    if _is_main_process():
+        write_json(info_path, {"fingerprint": train_fp, "status": "training"})
+    placement = resolve(config.runtime)
+    train, val = _training_rows(config, fold)
+    misconceptions = load_misconceptions(layout.root)
+    corpus_ids = misconceptions["MisconceptionId"].to_numpy(np.int64)
+    corpus_texts = misconceptions["MisconceptionName"].tolist()
+    checkpoints = RunLayout.checkpoints_dir(out)
+    # Every rank decides alike: a stale fold starts over even where rank 0 has not deleted it yet.
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() and not stale else None
+    if resume is None and log_path.exists():
+        log_path.unlink()  # a log without a checkpoint belongs to a run that never got far
+
+    set_seed(config.seed)  # LoRA's initialisation draws from the global RNG: same seed, same starting adapter
+    model = build_model(cfg, placement)
+    sampler = NegativeSampler(
+        corpus_ids, cfg.n_hard_negatives, cfg.hard_negative_ranks, cfg.n_random_negatives, seed=config.seed
+    )
+    collator = ContrastiveCollator(
+        preprocess_fn=model.preprocess, sampler=sampler, query_prompt=model.prompts.get("query")
+    )
+    loss = HardNegativeInfoNCE(
+        model,
+        corpus_ids,
+        corpus_texts,
+        sampler,
+        scale=1.0 / cfg.temperature,
+        refresh_steps=cfg.hard_negative_refresh_steps,
+        mini_batch_size=cfg.mini_batch_size,
+        gradient_cache=cfg.gradient_cache,
+        encode_batch_size=cfg.encode_batch_size,
+    )
+    dataset = Dataset.from_dict(
+        {"query": train["QueryText"].tolist(), "label": train["MisconceptionId"].astype(int).tolist()}
+    )
+    steps_per_epoch = max(1, -(-len(dataset) // (cfg.batch_size * cfg.grad_accum)))
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        warmup_steps=int(round(cfg.warmup_ratio * (cfg.max_steps or steps_per_epoch * cfg.epochs))),
+        lr_scheduler_type="linear",
+        bf16=placement.is_cuda and str(placement.dtype) == "torch.bfloat16",
+        fp16=placement.is_cuda and str(placement.dtype) == "torch.float16",
+        use_cpu=not placement.is_cuda,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        logging_steps=max(1, min(50, (cfg.max_steps or steps_per_epoch * cfg.epochs) // 5)),
+        seed=config.seed,
+        report_to="none",
+        ddp_backend="gloo" if _world_size() > 1 and not placement.is_cuda else None,
+        ddp_find_unused_parameters=False,
+        dataloader_drop_last=False,
+    )
+    callback = EpochLog(
+        loss,
+        val["QueryText"].tolist(),
+        val["MisconceptionId"].astype(int).tolist(),
+        corpus_ids,
+        corpus_texts,
+        log_path,
+        cfg.encode_batch_size,
+    )
+    trainer = RetrieverTrainer(
+        model=model, args=args, train_dataset=dataset, loss=loss, data_collator=collator, callbacks=[callback]
+    )
+    log.info(
+        "%s: %d training pairs (%d steps/epoch), %d validation pairs%s",
+        model_name(fold),
+        len(dataset),
+        steps_per_epoch,
+        len(val),
+        f", resuming from {resume}" if resume else "",
+    )
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t0
+    if _is_main_process():
+        save_outputs(model, cfg, placement, out)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        write_json(info_path, {"fingerprint": train_fp, "status": "done"})
+    _barrier()
+    return {**_summary(log_path), "seconds": round(seconds, 1)}
+
+
+def _train_fingerprint(config: Config, fold: int | None) -> str:
+    """What one fold's model depends on: every retriever key, the synthetic rows' settings, the seed,
+    the prepared pairs and folds, and the fold. A fold's model is reused only under the same one."""
+    resolved, layout = config_to_dict(config), RunLayout(config.run_dir)
+    return fingerprint(
+        resolved["retriever"],
+        resolved.get("synthetic"),
+        config.seed,
+        model_name(fold),
+        file_sha256(layout.pairs),
+        file_sha256(layout.folds),
+    )
+
+
+def _summary(log_path: Path) -> dict:
+    if not log_path.exists():
+        return {}
+    entries = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    summary = {"log_entries": len(entries)}
+    evaluated = [e for e in entries if "val_map@25" in e]
+    if evaluated:
+        summary.update({"zero_shot_map@25": evaluated[0]["val_map@25"], "final_map@25": evaluated[-1]["val_map@25"]})
+    return summary
+
+
+def save_outputs(model: SentenceTransformer, cfg: RetrieverConfig, placement: Placement, out: Path) -> None:
+    """Write ``adapter/`` (LoRA) and ``model/`` (merged, full precision) atomically."""
+    if not cfg.lora.enabled:
+        with atomic_dir(RunLayout.model_dir(out)) as tmp:
+            model.save(str(tmp))
+        return
+    with atomic_dir(RunLayout.adapter_dir(out)) as tmp:
+        model.transformers_model.save_pretrained(str(tmp))
+    # Merge into a fresh full-precision backbone: right for QLoRA too, where the trained base is 4-bit.
+    merged = build_model(cfg, placement, trainable=False, load_in_4bit=False)
+    transformer = merged[0]
+    transformer.model = PeftModel.from_pretrained(transformer.model, str(RunLayout.adapter_dir(out))).merge_and_unload()
+    with atomic_dir(RunLayout.model_dir(out)) as tmp:
+        merged.save(str(tmp))
