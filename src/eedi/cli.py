@@ -20,9 +20,11 @@ from pathlib import Path
 import torch
 
 from eedi.config import load_config, reference_markdown
+from eedi.data.download import COMPETITION, download
 from eedi.errors import EediError
 from eedi.evaluation.holdout import format_score, make_holdout, score_submission
 from eedi.evaluation.report import build_report
+from eedi.evaluation.summary import summary_text
 from eedi.fileio import write_text
 from eedi.pipeline.registry import STAGES
 from eedi.pipeline.runner import run_all, run_stage
@@ -43,13 +45,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eedi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs; with run: stream every stage's log")
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
         _add_config_args(sub.add_parser(stage.name, help=stage.help))
     run = sub.add_parser("run", help="run every stage in order, skipping those already current")
     _add_config_args(run)
     run.add_argument("--stages", help="comma-separated subset of stages")
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="also stream each stage's full log (vLLM, transformers, llm-compressor) to the console",
+    )
+    summary = sub.add_parser("summary", help="print a run's summary table again (metrics per fold, time per stage)")
+    summary.add_argument("run_dir", metavar="RUN_DIR")
+    download = sub.add_parser(
+        "download",
+        help="fetch the competition files with the Kaggle API and check their schema",
+        description="Download the competition's CSVs into OUT (atomically, after the same validation `prepare` runs). "
+        "Needs Kaggle credentials (KAGGLE_API_TOKEN, KAGGLE_USERNAME + KAGGLE_KEY, or ~/.kaggle/kaggle.json) "
+        "and the competition's rules accepted; --zip unpacks an archive downloaded by hand instead.",
+    )
+    download.add_argument("--out", required=True, help="folder to write (a Kaggle folder: data.dir for `eedi run`)")
+    download.add_argument("--zip", dest="zip_path", metavar="ZIP", help="an archive downloaded by hand (no network)")
+    download.add_argument("--competition", default=COMPETITION)
+    download.add_argument("--force", action="store_true", help="replace OUT if it exists")
     sample = sub.add_parser("make-sample", help="write the procedural sample data set")
     sample.add_argument("--out", default="data/sample")
     sample.add_argument("--seed", type=int, default=0)
@@ -118,7 +140,8 @@ def _share(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        # `eedi run` keeps its console for the stage lines: its own INFO logs would only repeat them
+        level=logging.DEBUG if args.verbose else (logging.WARNING if args.command == "run" else logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -150,6 +173,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"{args.out}/labels.csv is for `eedi score` only: never give it to the model")
             return 0
+        if args.command == "summary":
+            print(summary_text(args.run_dir))
+            return 0
+        if args.command == "download":
+            result = download(args.out, args.competition, zip_path=args.zip_path, force=args.force)
+            print(
+                f"wrote {result['out']}: {result['train_questions']} train questions, {result['test_questions']} "
+                f"test questions, {result['misconceptions']} misconceptions"
+            )
+            return 0
         if args.command == "score":
             result = score_submission(args.submission, args.labels, train=args.train, mapping=args.mapping)
             print(json.dumps(result, sort_keys=True) if args.json else format_score(result))
@@ -165,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "run":
             stages = args.stages.split(",") if args.stages else None
-            run_all(args.config, args.overrides, cfg, force=args.force, stages=stages)
+            run_all(args.config, args.overrides, cfg, force=args.force, stages=stages, verbose=args.verbose)
             return 0
 
         run_stage(cfg, args.command, force=args.force)

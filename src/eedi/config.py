@@ -468,6 +468,17 @@ class QuantizeConfig(Section):
         return methods
 
 
+class TrackingConfig(Section):
+    """Experiment tracking: where the Trainers' logs and every stage's metrics and timings go (:mod:`eedi.tracking`)."""
+
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
+    """none: the run directory only. tensorboard / mlflow: local files under run_dir/tracking. wandb: see wandb_mode."""
+    experiment: str = "eedi"
+    """MLflow experiment / wandb project name."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """offline writes run_dir/tracking/wandb for a later `wandb sync`; online needs network and a login."""
+
+
 class Config(Section):
     """The whole run. Sections for stages are added by their modules' schemas below."""
 
@@ -484,6 +495,7 @@ class Config(Section):
     reranker: RerankerConfig = Field(default_factory=RerankerConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 # --------------------------------------------------------------------------- loading

@@ -28,7 +28,7 @@ class DataError(EediError, ValueError):
         if column is not None:
             where.append(f"column {column!r}")
         super().__init__(": ".join([", ".join(where), message]))
-        self.file, self.row, self.column = str(file), row, column
+        self.file, self.row, self.column, self.message = str(file), row, column, message
 
 
 class MissingInputError(EediError, FileNotFoundError):
@@ -41,6 +41,10 @@ class MissingInputError(EediError, FileNotFoundError):
 
 class StageFailed(EediError):
     """A stage's process exited non-zero (``eedi run``); finished stages are skipped on the next run."""
+
+
+class DownloadError(EediError):
+    """The competition files could not be fetched (credentials, network, rules not accepted, bad archive)."""
 
 
 class EnvironmentMissing(EediError):

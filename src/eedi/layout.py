@@ -28,6 +28,7 @@ every labelled row (``folds.full_fit``); :func:`model_name` makes one. Tables ar
       metrics.json               fold_k.{retriever, reranker, reranker_<method>}, mean     (index ... evaluate)
       report.html                the report page                                           (evaluate, infer)
       submission.csv             QuestionId_Answer, MisconceptionId (25 ids)               (infer)
+      tracking/                  tensorboard/, mlruns/ or wandb/ (tracking.report_to)      (every stage)
       labels.sqlite              labels accepted in `eedi serve`                           (serve)
 """
 
@@ -76,6 +77,11 @@ class RunLayout:
 
     def log(self, stage: str) -> Path:
         return self.logs / f"{stage}.log"
+
+    @property
+    def tracking(self) -> Path:
+        """tensorboard/, mlruns/ or wandb/ when ``tracking.report_to`` is set."""
+        return self.root / "tracking"
 
     @property
     def labels_db(self) -> Path:

@@ -88,7 +88,8 @@ class Manifest:
         self.data["stages"][name] = {
             "status": "running",
             "fingerprint": stage_fingerprint,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            "python": sys.executable,
         }
         self.save()
         return time.perf_counter()

@@ -75,6 +75,28 @@ def recall_curve_section(run_dir: Path, pairs: pd.DataFrame) -> str:
     return _png(fig)
 
 
+# Subjects with fewer validation pairs than this are too noisy to rank; beyond MAX_SUBJECT_BARS bars a plot
+# of the real data (over 100 subjects) is unreadable, so it shows the extremes.
+MIN_SUBJECT_PAIRS = 10
+MAX_SUBJECT_BARS = 24
+
+
+def subjects_to_plot(
+    subject: pd.DataFrame, max_bars: int = MAX_SUBJECT_BARS, min_pairs: int = MIN_SUBJECT_PAIRS
+) -> tuple[pd.DataFrame, str]:
+    """All subjects when few; else the worst and best ``max_bars // 2`` of those with ``min_pairs`` or more."""
+    if len(subject) <= max_bars:
+        return subject, ""
+    enough = subject[subject["n"] >= min_pairs]
+    half = max_bars // 2
+    shown = enough if len(enough) <= max_bars else pd.concat([enough.head(half), enough.tail(half)])
+    note = (
+        f"{len(subject)} subjects: the plot shows the {len(shown)} lowest and highest by retriever MAP@25 among "
+        f"the {len(enough)} with at least {min_pairs} validation pairs; the table below lists every subject."
+    )
+    return shown, note
+
+
 def by_subject_section(run_dir: Path, pairs: pd.DataFrame, folds_csv: pd.DataFrame | None) -> str:
     truth = pairs.dropna(subset=["MisconceptionId"]).set_index("QuestionId_Answer")
     rows = []
@@ -114,14 +136,15 @@ def by_subject_section(run_dir: Path, pairs: pd.DataFrame, folds_csv: pd.DataFra
     subject = table.pivot_table(index="SubjectName", columns="stage", values="ap", aggfunc="mean")
     subject["n"] = table[table["stage"] == "retriever"].groupby("SubjectName").size()
     subject = subject.sort_values("retriever")
-    fig = Figure(figsize=(7, 0.32 * len(subject) + 1.2))
+    shown, note_subjects = subjects_to_plot(subject)
+    fig = Figure(figsize=(7, 0.32 * len(shown) + 1.2))
     ax = fig.subplots()
-    y = np.arange(len(subject))
-    for offset, stage in zip((-0.2, 0.2), [c for c in ("retriever", "reranker") if c in subject]):
-        ax.barh(y + offset, subject[stage], height=0.38, label=stage)
-    ax.set_yticks(y, [f"{s} (n={n})" for s, n in zip(subject.index, subject["n"])], fontsize=8)
+    y = np.arange(len(shown))
+    for offset, stage in zip((-0.2, 0.2), [c for c in ("retriever", "reranker") if c in shown]):
+        ax.barh(y + offset, shown[stage], height=0.38, label=stage)
+    ax.set_yticks(y, [f"{s} (n={n})" for s, n in zip(shown.index, shown["n"])], fontsize=8)
     ax.set_xlabel("MAP@25")
-    ax.set_title("MAP@25 by subject (validation)")
+    ax.set_title("MAP@25 by subject (validation)" + ("" if len(shown) == len(subject) else ", extremes"))
     ax.legend()
     seen = table.pivot_table(index="seen", columns="stage", values="ap", aggfunc="mean").reset_index()
     seen.insert(1, "n", table[table["stage"] == "retriever"].groupby("seen").size().reindex(seen["seen"]).values)
@@ -132,7 +155,15 @@ def by_subject_section(run_dir: Path, pairs: pd.DataFrame, folds_csv: pd.DataFra
             f'<p class="meta">No {missing} misconceptions among these validation pairs '
             "(folds.mode=unseen holds misconceptions out of training).</p>"
         )
-    return _png(fig) + "<h3>Seen vs unseen misconceptions (MAP@25)</h3>" + _table(seen) + note
+    plot = _png(fig)
+    if note_subjects:
+        every = subject.reset_index().sort_values("n", ascending=False)
+        plot = (
+            f'<p class="meta">{html.escape(note_subjects)}</p>'
+            + plot
+            + f"<details><summary>Every subject ({len(every)})</summary>{_table(every)}</details>"
+        )
+    return plot + "<h3>Seen vs unseen misconceptions (MAP@25)</h3>" + _table(seen) + note
 
 
 def metrics_section(metrics: dict) -> str:

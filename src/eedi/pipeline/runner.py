@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from eedi.config import Config, config_to_dict
-from eedi.errors import MissingInputError, StageFailed
+from eedi.errors import ConfigError, EnvironmentMissing, MissingInputError, StageFailed
 from eedi.evaluation.report import build_report
+from eedi.evaluation.summary import summary_text
 from eedi.layout import RunLayout
 from eedi.manifest import Manifest, input_hashes
+from eedi.pipeline.console import finished_detail, header, log_tail, stage_line
 from eedi.pipeline.registry import STAGES, get_stage, stage_fingerprint
+from eedi.progress import PROGRESS_FD
+from eedi.tracking import log_stage
 
 log = logging.getLogger(__name__)
 
@@ -41,41 +47,128 @@ def run_stage(cfg: Config, name: str, force: bool = False) -> dict:
         raise
     manifest = Manifest(run_dir)
     manifest.finish(name, t0, stage.outputs(cfg), summary)
-    log.info("stage %s done in %.1fs", name, manifest.stage(name)["seconds"])
+    entry = manifest.stage(name)
+    log.info("stage %s done in %.1fs", name, entry["seconds"])
+    log_stage(cfg, name, entry["seconds"], entry["peak_rss_mb"], summary)
     return summary
 
 
+# A package only the side's own environment has: it tells the current interpreter's side.
+SIDE_MARKERS = {"train": "llmcompressor", "infer": "vllm"}
+SIDE_ENVIRONMENTS = {"train": ".venv-train", "infer": ".venv-infer"}
+REPO = Path(__file__).resolve().parents[3]
+
+
 def side_python(side: str) -> str:
-    return os.environ.get(f"EEDI_{side.upper()}_PYTHON") or sys.executable
+    """The interpreter for a side's stages.
+
+    ``EEDI_TRAIN_PYTHON`` / ``EEDI_INFER_PYTHON`` win; else the project's ``.venv-train`` / ``.venv-infer``
+    (in the working directory or the checkout this package runs from); else the current interpreter when it
+    has the side's packages. Anything else is an :class:`EnvironmentMissing` naming the environment.
+    """
+    chosen = os.environ.get(f"EEDI_{side.upper()}_PYTHON")
+    if chosen:
+        if not Path(chosen).exists():
+            raise EnvironmentMissing(f"EEDI_{side.upper()}_PYTHON={chosen} does not exist")
+        return chosen
+    for root in dict.fromkeys([Path.cwd(), REPO]):
+        # absolute(), not resolve(): a venv's python is a symlink, and resolving it leaves the venv
+        candidate = (root / SIDE_ENVIRONMENTS[side] / "bin" / "python").absolute()
+        if candidate.exists():
+            return str(candidate)
+    if importlib.util.find_spec(SIDE_MARKERS[side]) is not None:
+        return sys.executable
+    raise EnvironmentMissing(
+        f"the {side} stages need the {side} environment ({SIDE_ENVIRONMENTS[side]}, with {SIDE_MARKERS[side]}): "
+        f"run `make setup`, or set EEDI_{side.upper()}_PYTHON to its python"
+    )
+
+
+def _stream(source, log_file, echo) -> None:
+    """Copy a stage's output into its log (and to the console with -v), as it comes."""
+    for chunk in iter(lambda: source.read1(65536), b""):
+        log_file.write(chunk)
+        log_file.flush()
+        if echo is not None:
+            echo.write(chunk)
+            echo.flush()
+
+
+def _run_logged(cmd: list[str], log_path: Path, verbose: bool) -> int:
+    """Run a stage process with its output in ``log_path``; its progress bars go to our stderr."""
+    progress_fd = os.dup(sys.stderr.fileno())
+    env = {**os.environ, PROGRESS_FD: str(progress_fd)}
+    try:
+        with open(log_path, "ab") as log_file:
+            log_file.write(f"\n===== {' '.join(cmd)}\n".encode())
+            log_file.flush()
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(progress_fd,), env=env
+            )
+            echo = sys.stdout.buffer if verbose else None
+            reader = threading.Thread(target=_stream, args=(proc.stdout, log_file, echo), daemon=True)
+            reader.start()
+            try:
+                code = proc.wait()
+            except KeyboardInterrupt:
+                proc.wait()  # the stage got the same SIGINT; let it write its manifest entry
+                raise
+            reader.join()
+            return code
+    finally:
+        os.close(progress_fd)
 
 
 def run_all(
-    config_path: str | None, overrides: list[str], cfg: Config, force: bool = False, stages: list[str] | None = None
+    config_path: str | None,
+    overrides: list[str],
+    cfg: Config,
+    force: bool = False,
+    stages: list[str] | None = None,
+    verbose: bool = False,
 ) -> None:
     """Run every built stage in order, each in a fresh process of its side's interpreter.
 
     A fresh process per stage gives honest per-stage peak memory, frees model memory
-    between stages, and lets the two sides use their own environments.
+    between stages, and lets the two sides use their own environments. Each stage's output goes to
+    ``run_dir/logs/<stage>.log`` (also to the console with ``verbose``); the console shows one line as each
+    stage starts and ends, the progress bars, and at the end the summary table.
     """
+    unknown = sorted(set(stages or []) - {s.name for s in STAGES})
+    if unknown:
+        raise ConfigError(f"--stages: unknown stage(s) {unknown}; stages: {[s.name for s in STAGES]}")
     selected = [s for s in STAGES if stages is None or s.name in stages]
-    for stage in selected:
-        cmd = [side_python(stage.side), "-m", "eedi", stage.name]
+    pythons = {side: side_python(side) for side in dict.fromkeys(s.side for s in selected)}
+    layout = RunLayout(cfg.run_dir)
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    print(header(config_path, cfg, len(selected)), flush=True)
+    for index, stage in enumerate(selected, start=1):
+        cmd = [pythons[stage.side], "-m", "eedi", stage.name]
         if config_path:
             cmd += ["--config", str(config_path)]
         if force:
             cmd.append("--force")
         cmd += overrides
-        log.info("==> %s (%s side)", stage.name, stage.side)
-        result = subprocess.run(cmd)
-        if result.returncode != 0:
+        started_before = Manifest(layout.root).stage(stage.name).get("started")
+        print(
+            stage_line(index, len(selected), stage.name, "...", f"{stage.side} side, log {layout.log(stage.name)}"),
+            flush=True,
+        )
+        code = _run_logged(cmd, layout.log(stage.name), verbose)
+        entry = Manifest(layout.root).stage(stage.name)
+        if code != 0:
+            print(stage_line(index, len(selected), stage.name, "FAILED", f"exit {code}"), flush=True)
+            if not verbose:
+                print(log_tail(layout.log(stage.name)), file=sys.stderr, flush=True)
             raise StageFailed(
-                f"stage {stage.name} failed (exit {result.returncode}); "
-                f"fix the cause and re-run: finished stages are skipped"
+                f"stage {stage.name} failed (exit {code}); its log: {layout.log(stage.name)}. "
+                "Fix the cause and re-run: finished stages are skipped"
             )
-    layout = RunLayout(cfg.run_dir)
+        if entry.get("started") == started_before and entry.get("status") == "done":
+            print(stage_line(index, len(selected), stage.name, "skipped", "(unchanged)"), flush=True)
+        else:
+            print(stage_line(index, len(selected), stage.name, "done", finished_detail(entry, stage.name)), flush=True)
     if layout.report.exists():
         # evaluate rendered it before infer ran: render again so the timings table includes every stage
         build_report(layout.root)
-    for label, path in (("metrics", layout.metrics), ("report", layout.report), ("submission", layout.submission)):
-        if path.exists():
-            print(f"{label:>10}: {path.resolve()}")
+    print("\n" + summary_text(layout.root), flush=True)

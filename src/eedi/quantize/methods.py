@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from eedi.config import Config, QuantizeConfig
 from eedi.errors import ConfigError
 from eedi.fileio import atomic_dir, read_json
+from eedi.progress import library_bars_on_console
 from eedi.rerank.scoring import encode_prompts
 from eedi.runtime import resolve
 
@@ -146,7 +147,7 @@ def quantize_model(
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=placement.dtype)
     dataset = _calibration_dataset(tokenizer, prompts, qc.calibration.max_seq_length)
     t0 = time.time()
-    with atomic_dir(out_dir) as tmp, _pinning_patch():
+    with atomic_dir(out_dir) as tmp, _pinning_patch(), library_bars_on_console():
         oneshot(
             model=model,
             tokenizer=tokenizer,

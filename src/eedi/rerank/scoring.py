@@ -27,11 +27,11 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from eedi.config import Config
 from eedi.errors import EnvironmentMissing
+from eedi.progress import bar, bar_factory
 from eedi.runtime import Placement, configure_vllm_cpu_threads, model_kwargs, resolve
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class TransformersScorer:
         order = np.argsort([len(ids) for ids in prompt_ids], kind="stable")
         labels = torch.tensor(list(label_ids), device=self.device)
         starts = range(0, len(order), self.batch_size)
-        for start in tqdm(starts, desc="reranker windows", unit="batch", disable=len(starts) < 2):
+        for start in bar(starts, desc="reranker windows", unit="batch", disable=len(starts) < 2):
             idx = order[start : start + self.batch_size]
             batch = [list(prompt_ids[i]) for i in idx]
             width = max(len(ids) for ids in batch)
@@ -191,7 +191,9 @@ class VLLMScorer:
 
         params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(label_ids))
         outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids], params, use_tqdm=len(prompt_ids) > 1
+            [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids],
+            params,
+            use_tqdm=bar_factory(desc="reranker windows") if len(prompt_ids) > 1 else False,
         )
         out = np.empty((len(prompt_ids), len(label_ids)), dtype=np.float64)
         for row, output in enumerate(outputs):

@@ -23,12 +23,14 @@ from eedi.config import Config, RerankerConfig, config_to_dict
 from eedi.fileio import atomic_dir, file_sha256, read_json, write_json, write_parquet, write_text
 from eedi.layout import RunLayout
 from eedi.manifest import fingerprint
+from eedi.progress import TrainerProgress
 from eedi.rerank.prompts import misconception_names, pair_lookup, window_prompts
 from eedi.rerank.schemes import SCORING_KEYS
 from eedi.rerank.scoring import encode_prompts, label_token_ids
 from eedi.rerank.windows import training_windows
 from eedi.runtime import model_kwargs, resolve
 from eedi.synthesis.store import load_synthetic_pairs
+from eedi.tracking import trainer_report_to
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +107,19 @@ def train_reranker(config: Config, dataset, out_dir: Path) -> dict:
         save_steps=rc.save_steps,
         save_total_limit=1,
         logging_steps=max(1, min(10, rc.save_steps)),
-        report_to=[],
+        report_to=trainer_report_to(config, "train-reranker"),
+        disable_tqdm=True,  # TrainerProgress draws the bar on the console; the log dicts go to the stage log
         seed=config.seed,
         data_seed=config.seed,
         dataloader_num_workers=0,
     )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[TrainerProgress(f"train-reranker {out_dir.name}")],
     )
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if resume:

@@ -17,6 +17,7 @@ from transformers import AutoConfig
 
 from eedi.config import RetrieverConfig
 from eedi.errors import ConfigError
+from eedi.progress import library_bars_on_console
 from eedi.runtime import Placement, model_kwargs
 
 QUERY_PROMPT = "Instruct: {instruction}\nQuery: "
@@ -180,21 +181,25 @@ def load_encoder(path: str | Path, placement: Placement) -> SentenceTransformer:
 
 def encode_queries(model: SentenceTransformer, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """L2-normalised float32 query embeddings (with the model's saved query prompt, if any)."""
-    return model.encode_query(
-        texts,
-        batch_size=batch_size,
-        convert_to_numpy=True,
-        normalize_embeddings=True,
-        show_progress_bar=len(texts) > 4 * batch_size,
-    ).astype(np.float32)
+    with library_bars_on_console():
+        embeddings = model.encode_query(
+            texts,
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=len(texts) > 4 * batch_size,
+        )
+    return embeddings.astype(np.float32)
 
 
 def encode_corpus(model: SentenceTransformer, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """L2-normalised float32 misconception embeddings (no prompt)."""
-    return model.encode_document(
-        texts,
-        batch_size=batch_size,
-        convert_to_numpy=True,
-        normalize_embeddings=True,
-        show_progress_bar=len(texts) > 4 * batch_size,
-    ).astype(np.float32)
+    with library_bars_on_console():
+        embeddings = model.encode_document(
+            texts,
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=len(texts) > 4 * batch_size,
+        )
+    return embeddings.astype(np.float32)

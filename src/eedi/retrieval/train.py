@@ -28,12 +28,14 @@ from eedi.evaluation.metrics import ranking_metrics
 from eedi.fileio import atomic_dir, file_sha256, read_json, write_json, write_text
 from eedi.layout import RunLayout, model_name
 from eedi.manifest import fingerprint
+from eedi.progress import TrainerProgress
 from eedi.retrieval.loss import HardNegativeInfoNCE
 from eedi.retrieval.model import build_model, encode_corpus, encode_queries
 from eedi.retrieval.negatives import ContrastiveCollator, NegativeSampler
 from eedi.retrieval.search import top_k_from_scores
 from eedi.runtime import Placement, resolve
 from eedi.synthesis.store import load_synthetic_pairs
+from eedi.tracking import trainer_report_to
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +255,8 @@ def train_fold(config: Config, fold: int | None) -> dict:
         save_total_limit=1,
         logging_steps=max(1, min(50, (cfg.max_steps or steps_per_epoch * cfg.epochs) // 5)),
         seed=config.seed,
-        report_to="none",
+        report_to=trainer_report_to(config, "train-retriever"),
+        disable_tqdm=True,  # TrainerProgress draws the bar on the console; the log dicts go to the stage log
         ddp_backend="gloo" if _world_size() > 1 and not placement.is_cuda else None,
         ddp_find_unused_parameters=False,
         dataloader_drop_last=False,
@@ -268,7 +271,12 @@ def train_fold(config: Config, fold: int | None) -> dict:
         cfg.encode_batch_size,
     )
     trainer = RetrieverTrainer(
-        model=model, args=args, train_dataset=dataset, loss=loss, data_collator=collator, callbacks=[callback]
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        loss=loss,
+        data_collator=collator,
+        callbacks=[callback, TrainerProgress(f"train-retriever {model_name(fold)}")],
     )
     log.info(
         "%s: %d training pairs (%d steps/epoch), %d validation pairs%s",

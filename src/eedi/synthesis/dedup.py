@@ -10,6 +10,7 @@ from sentence_transformers import SentenceTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from eedi.config import Config
+from eedi.progress import library_bars_on_console
 from eedi.runtime import resolve
 from eedi.synthesis.engine import check_model_source
 from eedi.synthesis.parse import _norm
@@ -33,13 +34,14 @@ class SentenceEmbedder:
         self.batch_size = batch_size
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=len(texts) >= 512,
-        )
+        with library_bars_on_console():
+            return self.model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=len(texts) >= 512,
+            )
 
 
 class TfidfEmbedder:

@@ -12,6 +12,7 @@ from huggingface_hub import constants, try_to_load_from_cache
 
 from eedi.config import Config
 from eedi.errors import ConfigError
+from eedi.progress import bar_factory
 from eedi.runtime import resolve
 from eedi.synthesis.prompts import (
     JUDGE_CHOICES,
@@ -217,7 +218,7 @@ def generate_candidates(
     )
     prompts = [TokensPrompt(prompt_token_ids=tokenize(tokenizer, t.prompt)) for t in targets]
     t0 = time.perf_counter()
-    outputs = llm.generate(prompts, params)
+    outputs = llm.generate(prompts, params, use_tqdm=bar_factory(desc="generation"))
     stats.generation_s += time.perf_counter() - t0
     stats.generate_calls += 1
     stats.prompts += len(prompts)
@@ -252,7 +253,7 @@ def judge(llm, tokenizer, candidates: list[Candidate], threshold: int, stats: Ru
         temperature=0.0, max_tokens=4, structured_outputs=StructuredOutputsParams(choice=JUDGE_CHOICES)
     )
     t0 = time.perf_counter()
-    outputs = llm.generate(prompts, params)
+    outputs = llm.generate(prompts, params, use_tqdm=bar_factory(desc="judge"))
     stats.judge_s += time.perf_counter() - t0
     stats.generate_calls += 1
     stats.judge_prompts += len(prompts)
