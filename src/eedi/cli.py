@@ -6,6 +6,8 @@
     eedi setup-models --out models
     eedi make-holdout --data DIR --out OUT [--test-share 0.25] [--seed 42] [--force]
     eedi score SUBMISSION --labels OUT/labels.csv [--train TRAIN_CSV] [--mapping MAPPING_CSV] [--json]
+    eedi serve --run-dir RUN [--host 127.0.0.1] [--port 8000] [--token T] [--no-reranker]
+    eedi export-labels --run-dir RUN --out train.csv
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--mapping", metavar="MAPPING_CSV", help="misconception_mapping.csv the ids must be in "
                                          "(default: the one beside LABELS, if any)")
     score.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    from .serve.cli import add_parsers as add_serve_parsers  # serve, export-labels (light: no web imports)
+
+    add_serve_parsers(sub)
     return parser
 
 
@@ -89,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        from .serve.cli import dispatch as dispatch_serve
+
+        if (served := dispatch_serve(args)) is not None:
+            return served
         if args.command == "make-sample":
             from .sample_data import generate_sample
 
