@@ -59,23 +59,24 @@ class Limits:
 
 def item_model(limits: Limits) -> type[BaseModel]:
     """The item schema with this server's text limits (pydantic enforces them: 422 naming the field)."""
-    question = Annotated[str, Field(min_length=1, max_length=limits.max_question_chars)]
-    answer = Annotated[str, Field(min_length=1, max_length=limits.max_answer_chars)]
-    name = Annotated[str, Field(max_length=limits.max_name_chars)]
+    # Distinct names from the fields and methods below: a class body looks its annotations up in itself first.
+    QuestionText = Annotated[str, Field(min_length=1, max_length=limits.max_question_chars)]
+    AnswerText = Annotated[str, Field(min_length=1, max_length=limits.max_answer_chars)]
+    NameText = Annotated[str, Field(max_length=limits.max_name_chars)]
 
     class Item(BaseModel):
         """One (question, wrong answer): the question, its four answers, which is correct and which is wrong."""
 
         model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-        question_text: question
-        answer_a_text: answer
-        answer_b_text: answer
-        answer_c_text: answer
-        answer_d_text: answer
+        question_text: QuestionText
+        answer_a_text: AnswerText
+        answer_b_text: AnswerText
+        answer_c_text: AnswerText
+        answer_d_text: AnswerText
         correct_answer: Letter
         wrong_answer: Letter
-        construct_name: name = ""
-        subject_name: name = ""
+        construct_name: NameText = ""
+        subject_name: NameText = ""
         construct_id: Annotated[int, Field(ge=0)] | None = None
         subject_id: Annotated[int, Field(ge=0)] | None = None
 
