@@ -28,7 +28,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Uploa
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from ..data import DataError
 from .labels import Label, LabelError, LabelStore, Question
@@ -67,7 +67,9 @@ def item_model(limits: Limits) -> type[BaseModel]:
     class Item(BaseModel):
         """One (question, wrong answer): the question, its four answers, which is correct and which is wrong."""
 
-        model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+        # Texts are kept exactly as sent (no stripping): the query must be byte-for-byte what training rendered
+        # from train.csv, whose texts keep their spaces. Blank ones are refused, as `eedi prepare` refuses them.
+        model_config = ConfigDict(extra="forbid")
         question_text: QuestionText
         answer_a_text: AnswerText
         answer_b_text: AnswerText
@@ -79,6 +81,13 @@ def item_model(limits: Limits) -> type[BaseModel]:
         subject_name: NameText = ""
         construct_id: Annotated[int, Field(ge=0)] | None = None
         subject_id: Annotated[int, Field(ge=0)] | None = None
+
+        @field_validator("question_text", "answer_a_text", "answer_b_text", "answer_c_text", "answer_d_text")
+        @classmethod
+        def _not_blank(cls, text: str) -> str:
+            if not text.strip():
+                raise ValueError("must not be blank")
+            return text
 
         @model_validator(mode="after")
         def _wrong_is_not_correct(self):
