@@ -65,8 +65,18 @@ function readItem() {
 }
 
 function updatePreview() {
+  // The pair as the model reads it: question, correct answer, the wrong answer being tagged.
   const preview = $("question-preview");
-  preview.textContent = $("question").value;
+  const item = readItem();
+  const question = el("div", $("question").value, "preview-question");
+  preview.replaceChildren(question);
+  for (const [label, letter] of [["Correct", item.correct_answer], ["Wrong", item.wrong_answer]]) {
+    if (!letter) continue;
+    const line = el("div", null, "preview-answer");
+    line.appendChild(el("span", `${label} (${letter}): `, "muted"));
+    line.appendChild(el("span", $("answer-" + letter.toLowerCase()).value));
+    preview.appendChild(line);
+  }
   renderMath(preview);
 }
 
@@ -224,7 +234,9 @@ async function download() {
 
 function start() {
   $("labeller").value = localStorage.getItem("eedi-labeller") || "";
-  $("question").addEventListener("input", updatePreview);
+  for (const input of document.querySelectorAll("#question, #answer-a, #answer-b, #answer-c, #answer-d")) {
+    input.addEventListener("input", updatePreview);
+  }
   $("question-form").addEventListener("submit", suggest);
   $("download").addEventListener("click", download);
   $("token-save").addEventListener("click", () => {
@@ -247,6 +259,10 @@ function start() {
         $("correct-" + other.toLowerCase()).checked = true;
       }
     });
+  }
+  // After the handlers above, so the preview shows the letters once they are consistent.
+  for (const radio of document.querySelectorAll('input[name="correct"], input[name="wrong"]')) {
+    radio.addEventListener("change", updatePreview);
   }
   updatePreview();
   loadHealth();
