@@ -202,10 +202,20 @@ class Predictor:
             return []
         if not 1 <= top_k <= self.top_k:
             raise ValueError(f"top_k must be between 1 and {self.top_k} (the run's index.top_k), got {top_k}")
-        ranked = self._rank(self._pairs(items), self.resolve_rerank(rerank))
+        pairs = self._pairs(items)
+        if not self.resolve_rerank(rerank):
+            # Retrieval only: straight from the search arrays (no DataFrame round trip on the fast path).
+            with self._lock:
+                scores, ids = self.retriever.search(pairs["QueryText"].tolist())
+            return [[Ranked(rank=j + 1, misconception_id=int(m), misconception_name=self.names[int(m)],
+                            retriever_score=float(score), reranker_score=None, score=float(score))
+                     for j, (m, score) in enumerate(zip(ids[i, :top_k], scores[i, :top_k]))]
+                    for i in range(len(items))]
+        ranked = self._rank(pairs, rerank=True).sort_values("final_rank", kind="stable")
+        groups = dict(iter(ranked.groupby("QuestionId_Answer", sort=False)))
         out = []
         for i in range(len(items)):
-            rows = ranked[ranked["QuestionId_Answer"] == f"item{i}"].sort_values("final_rank").head(top_k)
+            rows = groups[f"item{i}"].head(top_k)
             out.append([Ranked(rank=int(r.final_rank) + 1, misconception_id=int(r.MisconceptionId),
                                misconception_name=self.names[int(r.MisconceptionId)],
                                retriever_score=float(r.score),
