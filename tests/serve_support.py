@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_TEST = REPO / "data" / "sample" / "test.csv"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shared_predictor(run_dir: str, use_reranker: bool):
     from eedi.serve.predictor import Predictor
 

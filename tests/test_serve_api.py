@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from serve_support import SAMPLE_TEST, sample_items, sample_keys, shared_predictor
 
 from eedi.cli import main
 from eedi.serve.app import STATIC, Limits, create_app
 from eedi.serve.labels import LabelStore
-from serve_support import SAMPLE_TEST, sample_items, sample_keys, shared_predictor
 
 TOKEN = "s3cret-token"
 

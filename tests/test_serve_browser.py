@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from serve_support import sample_items, shared_predictor
 
 from eedi.serve.app import STATIC, create_app
 from eedi.serve.labels import LabelStore
-from serve_support import sample_items, shared_predictor
 
 CHROMIUM = Path(os.environ.get("EEDI_CHROMIUM", "/usr/bin/chromium"))
 # As the machine notes prescribe for Debian's Chromium as root on a closed network: no sandbox (root), no

@@ -22,7 +22,7 @@ import logging
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -228,7 +228,7 @@ def create_app(predictor: Predictor, store: LabelStore, token: str | None = None
         return "batch" if isinstance(body, dict) and "items" in body else "item"
 
     # The shape decides the model, so a bad body gets the errors of the model it meant, not of both.
-    PredictRequest = Annotated[Union[Annotated[BatchRequest, Tag("batch")], Annotated[ItemRequest, Tag("item")]],
+    PredictRequest = Annotated[Annotated[BatchRequest, Tag("batch")] | Annotated[ItemRequest, Tag("item")],
                                Discriminator(_which)]
 
     class LabelRequest(Item):

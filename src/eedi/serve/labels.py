@@ -145,10 +145,10 @@ class LabelStore:
             conn.executescript(SCHEMA)
 
     @classmethod
-    def in_run_dir(cls, run_dir: str | Path, run: RunInfo) -> "LabelStore":
+    def in_run_dir(cls, run_dir: str | Path, run: RunInfo) -> LabelStore:
         return cls(Path(run_dir) / DB_NAME, run)
 
-    def _connect(self) -> "_Closing":
+    def _connect(self) -> _Closing:
         # isolation_level=None: no implicit transactions; each write says BEGIN IMMEDIATE itself, so it takes
         # the write lock up front (no deadlock-prone upgrade from a read lock) and waits for it up to the timeout.
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
