@@ -268,3 +268,59 @@ def test_serve_cli_user_errors_are_one_line(tmp_path: Path, capsys):
     assert main(["serve", "--run-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no trained retriever in") and err.count("\n") == 1
+
+
+def test_serve_command_answers_and_a_killed_server_keeps_its_labels(reranked_sample: Path, tmp_path: Path):
+    """`eedi serve` itself (a subprocess on a free loopback port): it answers, and labels it committed survive
+    SIGKILL. The run is a light copy of the shared one (labels.sqlite is written into the run directory)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("manifest.json", "misconceptions.parquet", "pairs.parquet"):
+        (run / name).write_bytes((reranked_sample / name).read_bytes())
+    (run / "retriever").symlink_to(reranked_sample / "retriever", target_is_directory=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    server = subprocess.Popen([sys.executable, "-m", "eedi", "serve", "--run-dir", str(run), "--port", str(port),
+                               "--token", TOKEN], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    base, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            assert time.monotonic() < deadline, "eedi serve did not come up in 300 s"
+            try:
+                if httpx.get(base + "/healthz", headers=auth, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        health = httpx.get(base + "/healthz", headers=auth).json()
+        assert health["reranker"] is None and health["run_dir"] == str(run.resolve())  # the copy has no reranker
+        assert httpx.get(base + "/healthz").status_code == 401
+        item = sample_items(1)[0]
+        ranked = httpx.post(base + "/predict", json=item, headers=auth, timeout=60).json()["results"][0]
+        ids = [r["misconception_id"] for r in ranked["misconceptions"]]
+        assert len(set(ids)) == 25
+        stored = [httpx.post(base + "/labels", headers=auth, timeout=60, json={
+            **item, "wrong_answer": wrong, "misconception_id": ids[n], "labeller": "kill-test"}).json()["label_id"]
+            for n, wrong in enumerate(x for x in "ABCD" if x != item["correct_answer"])]
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    from eedi.serve.predictor import run_info
+
+    store = LabelStore.in_run_dir(run, run_info(run))
+    assert sorted(r["label_id"] for r in store.labels()) == sorted(stored)
+    assert len(stored) == 3 and store.export().shape[0] == 1
