@@ -18,10 +18,6 @@ ENVS := EEDI_TRAIN_PYTHON=$(CURDIR)/$(TRAIN)/bin/python EEDI_INFER_PYTHON=$(CURD
         OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
         VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2}
 
-.PHONY: setup demo test test-fast test-bars test-train test-infer clean-envs
-
-setup: $(TRAIN)/.ready $(INFER)/.ready models/.ready $(KATEX)/.ready $(CHROMIUM)
-
 # `eedi serve`'s page renders LaTeX with KaTeX, bundled (never from a CDN): the npm package's dist/ files,
 # pinned by version and sha256, unpacked into a git-ignored folder. The page shows raw LaTeX without it.
 KATEX_VERSION := 0.16.47
@@ -30,6 +26,10 @@ KATEX := src/eedi/serve/static/vendor/katex
 # The browser test (tests/test_serve_browser.py) drives Debian's Chromium with Playwright: a test tool's own
 # browser download fails on these machines, Debian's package installs.
 CHROMIUM := /usr/bin/chromium
+
+.PHONY: setup demo test test-fast test-bars test-train test-infer clean-envs
+
+setup: $(TRAIN)/.ready $(INFER)/.ready models/.ready $(KATEX)/.ready $(CHROMIUM)
 
 $(TRAIN)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(TRAIN)
