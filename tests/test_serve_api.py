@@ -22,6 +22,21 @@ from eedi.serve.labels import LabelStore
 TOKEN = "s3cret-token"
 
 
+def assert_same_ranking(served: list[int], expected: pd.DataFrame, key: str, tie: float = 1e-5) -> None:
+    """``served`` is the index stage's top 25 (``expected``: its candidate rows for one pair), up to float ties.
+
+    The index stage scores with a numpy matmul over a batch of 180 queries, the server with FAISS over a batch of
+    a few: two misconceptions whose scores differ by ~1e-7 may swap places, nothing else may differ."""
+    expected = expected.sort_values("rank")
+    score = dict(zip(expected["MisconceptionId"].astype(int), expected["score"]))
+    assert len(served) == 25 == len(set(served)) and set(served) <= set(score), key
+    ordered = [score[m] for m in served]
+    assert all(a >= b - tie for a, b in zip(ordered, ordered[1:])), f"{key}: not in the index stage's order"
+    assert ordered[-1] >= expected["score"].iloc[24] - tie, f"{key}: a better candidate was left out"
+    exact = served == expected["MisconceptionId"].head(25).astype(int).tolist()
+    assert exact or max(abs(a - b) for a, b in zip(ordered, expected["score"].head(25))) < tie, key
+
+
 @pytest.fixture(scope="module")
 def predictor(reranked_sample: Path):
     return shared_predictor(str(reranked_sample), True)
@@ -82,10 +97,12 @@ def test_retrieval_only_ranking_is_the_index_stages_for_the_same_question(client
     assert response.json()["reranked"] is False
     candidates = pd.read_parquet(reranked_sample / "candidates" / "test.parquet")
     for key, result in zip(keys, response.json()["results"]):
-        expected = candidates[candidates["QuestionId_Answer"] == key].sort_values("rank")
+        expected = candidates[candidates["QuestionId_Answer"] == key]
         served = result["misconceptions"]
-        assert [r["misconception_id"] for r in served] == expected["MisconceptionId"].head(25).tolist(), key
-        assert [r["retriever_score"] for r in served] == pytest.approx(expected["score"].head(25).tolist(), abs=1e-4)
+        assert_same_ranking([r["misconception_id"] for r in served], expected, key)
+        scores = dict(zip(expected["MisconceptionId"], expected["score"]))
+        assert [r["retriever_score"] for r in served] == pytest.approx([scores[r["misconception_id"]] for r in served],
+                                                                       abs=1e-5)
 
 
 def test_batch_equals_single_requests(client: TestClient):
@@ -106,9 +123,10 @@ def test_submission_from_test_csv_matches_the_index_ranking(client: TestClient, 
     submission = pd.read_csv(io.StringIO(response.text), dtype=str)
     sample = pd.read_csv(SAMPLE_TEST.with_name("sample_submission.csv"), dtype=str)
     assert sorted(submission["QuestionId_Answer"]) == sorted(sample["QuestionId_Answer"])
-    candidates = pd.read_parquet(reranked_sample / "candidates" / "test.parquet").sort_values("rank")
-    expected = candidates.groupby("QuestionId_Answer")["MisconceptionId"].apply(lambda s: " ".join(map(str, s[:25])))
-    assert dict(zip(submission["QuestionId_Answer"], submission["MisconceptionId"])) == expected.to_dict()
+    candidates = pd.read_parquet(reranked_sample / "candidates" / "test.parquet")
+    groups = dict(iter(candidates.groupby("QuestionId_Answer")))
+    for key, ids in zip(submission["QuestionId_Answer"], submission["MisconceptionId"]):
+        assert_same_ranking([int(i) for i in ids.split()], groups[key], key)
 
 
 def test_submission_with_reranker_is_a_valid_kaggle_file(client: TestClient, predictor):
@@ -252,8 +270,14 @@ def test_page_is_served_and_never_uses_innerhtml(client: TestClient):
     assert page.status_code == 200 and 'id="question-form"' in page.text
     script = client.get("/static/app.js")
     assert script.status_code == 200
-    # All text goes in through textContent (tests/test_serve_browser.py checks it in a real browser).
-    assert "innerHTML" not in (STATIC / "app.js").read_text() and "outerHTML" not in script.text
+    # All text goes in through textContent (tests/test_serve_browser.py checks it in a real browser): no
+    # HTML-parsing sink appears in the code (comments aside).
+    import re
+
+    code = re.sub(r"//[^\n]*", "", script.text)
+    assert script.text == (STATIC / "app.js").read_text()
+    assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(|new Function", code)
+    assert code.count("textContent") >= 3
 
 
 def test_serve_cli_user_errors_are_one_line(tmp_path: Path, capsys):

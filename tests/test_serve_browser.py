@@ -168,3 +168,22 @@ def test_script_in_a_question_is_text_and_never_runs(page, server):
     assert "<script>" in labels.locator("tr").first.text_content()
     assert page.evaluate("window.__pwned") is None
     assert store.labels(1)[0]["question_text"] == hostile  # stored as typed, escaped only on the page
+
+
+def test_page_works_without_katex_showing_latex_as_typed(browser, server):
+    """KaTeX is fetched at set-up and git-ignored: without it the page must still rank and accept."""
+    url, _ = server
+    page = browser.new_page()
+    page.route("**/static/vendor/katex/**", lambda route: route.fulfill(status=404, body="not bundled"))
+    try:
+        page.goto(url + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        item = {**sample_items(1)[0], "question_text": r"Work out \( \frac{3}{4} - \frac{1}{8} \)"}
+        fill(page, item)
+        preview = page.locator("#question-preview .preview-question")
+        assert preview.text_content() == item["question_text"] and preview.locator(".katex").count() == 0
+        page.click("#suggest")
+        page.wait_for_function("document.querySelectorAll('#results li').length === 25", timeout=120_000)
+        assert page.evaluate("typeof window.renderMathInElement") == "undefined"
+    finally:
+        page.close()
