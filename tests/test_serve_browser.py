@@ -116,9 +116,12 @@ def test_fill_rank_accept_and_find_the_label_in_the_export(page, server, reranke
     shown = [int(rows.nth(i).get_attribute("data-misconception-id")) for i in range(25)]
     assert len(set(shown)) == 25 and set(shown) <= set(names)
     assert "retriever + reranker" in page.text_content("#results-meta")
-    # Score bars: one per result, the top one full.
+    # Score bars: a retriever bar per result (the best retriever score fills it), a reranker bar per reranked one.
     assert page.locator("#results li .bar.score").count() == 25
-    assert page.locator("#results li").first.locator(".bar.score > span").get_attribute("style") == "width: 100%;"
+    widths = [rows.nth(i).locator(".bar.score > span").get_attribute("style") for i in range(25)]
+    assert "width: 100%;" in widths
+    depth = shared_predictor(str(reranked_sample), True).config.reranker.depth
+    assert page.locator("#results li .bar.reranker").count() == depth
     if KATEX_BUNDLED:  # the sample's questions are LaTeX: the preview shows KaTeX's rendering
         assert page.locator("#question-preview .katex").count() > 0
 
@@ -144,7 +147,7 @@ def test_fill_rank_accept_and_find_the_label_in_the_export(page, server, reranke
     if os.environ.get("EEDI_SERVE_SCREENSHOT"):
         page.locator("#results li").nth(1).scroll_into_view_if_needed()
         page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(path=os.environ["EEDI_SERVE_SCREENSHOT"], full_page=False)
+        page.screenshot(path=os.environ["EEDI_SERVE_SCREENSHOT"], full_page=True)
 
 
 def test_script_in_a_question_is_text_and_never_runs(page, server):

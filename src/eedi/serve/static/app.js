@@ -110,7 +110,9 @@ function showResults(result, item, reranked) {
   const entries = result.misconceptions;
   $("results-empty").hidden = entries.length > 0;
   $("results-meta").textContent = `(${reranked ? "retriever + reranker" : "retriever only"}, answer ${item.wrong_answer})`;
-  const scores = entries.map((e) => e.score);
+  // Bars show each model's own score on its own scale: the retriever's relative to this list (the reranked
+  // block's fused scores and the retriever scores below it are not on one scale), the reranker's probability as is.
+  const scores = entries.map((e) => e.retriever_score);
   const top = Math.max(...scores), bottom = Math.min(...scores);
   for (const entry of entries) {
     const li = el("li", null, "result");
@@ -121,12 +123,13 @@ function showResults(result, item, reranked) {
     body.appendChild(name);
     const scoresRow = el("div", null, "scores");
     // Relative within this list: the top suggestion fills the bar.
-    scoresRow.appendChild(bar(top > bottom ? (entry.score - bottom) / (top - bottom) : 1, "score",
-      "score relative to this list"));
-    scoresRow.appendChild(el("span", `score ${entry.score.toFixed(3)} · retriever ${entry.retriever_score.toFixed(3)}`, "num"));
+    scoresRow.appendChild(bar(top > bottom ? (entry.retriever_score - bottom) / (top - bottom) : 1, "score",
+      "retriever score, relative to this list"));
+    scoresRow.appendChild(el("span", `retriever ${entry.retriever_score.toFixed(3)}`, "num"));
     if (entry.reranker_score !== null) {
       scoresRow.appendChild(bar(entry.reranker_score, "reranker", "reranker probability"));
-      scoresRow.appendChild(el("span", `reranker ${entry.reranker_score.toFixed(3)}`, "num"));
+      scoresRow.appendChild(el("span", `reranker ${entry.reranker_score.toFixed(3)} · fused ${entry.score.toFixed(3)}`,
+        "num"));
     }
     body.appendChild(scoresRow);
     li.appendChild(body);
@@ -186,7 +189,7 @@ async function acceptLabel(entry, li, button) {
     for (const other of document.querySelectorAll("#results li.accepted")) other.classList.remove("accepted");
     li.classList.add("accepted");
     button.textContent = "Accepted";
-    await loadLabels();
+    await Promise.all([loadLabels(), loadHealth()]);
   } catch (err) {
     $("form-error").textContent = err.message;
     button.disabled = false;
