@@ -348,3 +348,38 @@ def test_serve_command_answers_and_a_killed_server_keeps_its_labels(reranked_sam
     store = LabelStore.in_run_dir(run, run_info(run))
     assert sorted(r["label_id"] for r in store.labels()) == sorted(stored)
     assert len(stored) == 3 and store.export().shape[0] == 1
+
+
+def test_served_query_text_is_what_pivot_pairs_renders_for_training():
+    """Every field a query_template may use, on the sample's test questions (missing construct/subject ids too)."""
+    from eedi.data import PAIR_COLUMNS, pivot_pairs
+    from eedi.serve.labels import Question
+    from eedi.serve.predictor import served_pairs
+
+    fields = ["QuestionId", "ConstructId", "ConstructName", "SubjectId", "SubjectName", "QuestionText",
+              "CorrectAnswer", "CorrectAnswerText", "WrongAnswer", "WrongAnswerText"]
+    template = " | ".join(f"{{{f}}}" for f in fields)
+    test = pd.read_csv(SAMPLE_TEST, dtype=str, keep_default_na=False).head(12).reset_index(drop=True)
+    test["QuestionId"] = range(len(test))
+    test["ConstructId"] = [None if i % 3 == 0 else i for i in range(len(test))]
+    test["SubjectId"] = [None if i % 2 else 7 for i in range(len(test))]
+    for column in ("QuestionId", "ConstructId", "SubjectId"):
+        test[column] = test[column].astype("Int64")
+    expected = pivot_pairs(test, "test", template)
+    items = []
+    for row in test.to_dict("records"):
+        question = Question(question_text=row["QuestionText"], correct_answer=row["CorrectAnswer"],
+                            construct_name=row["ConstructName"], subject_name=row["SubjectName"],
+                            construct_id=None if pd.isna(row["ConstructId"]) else int(row["ConstructId"]),
+                            subject_id=None if pd.isna(row["SubjectId"]) else int(row["SubjectId"]),
+                            **{f"answer_{x.lower()}_text": row[f"Answer{x}Text"] for x in "ABCD"})
+        items += [(question, x) for x in "ABCD" if x != row["CorrectAnswer"]]
+    # pivot_pairs numbers questions by QuestionId, served_pairs by item position: make them agree
+    served = served_pairs(items, template.replace("{QuestionId}", "{QuestionId_Answer}"))
+    keys = [f"item{i}" for i in range(len(items))]
+    want = [text.replace(f"{qid} |", f"{key} |", 1) for text, qid, key in
+            zip(expected["QueryText"], expected["QuestionId"], keys)]
+    assert [row["QueryText"] for row in served] == want
+    assert list(served[0]) == PAIR_COLUMNS
+    with pytest.raises(ValueError, match="must differ from the correct answer"):
+        served_pairs([(items[0][0], items[0][0].correct_answer)], template)

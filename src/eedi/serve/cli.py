@@ -38,7 +38,9 @@ def add_parsers(subparsers) -> None:
                        help="which reranker weights (default: the run's infer.reranker_model)")
     serve.add_argument("--reranker-backend", choices=["transformers", "vllm"], default="transformers",
                        help="transformers (default, any environment) or vllm (the inference environment only)")
-    serve.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, i.e. the cores)")
+    serve.add_argument("--threads", type=int, default=1,
+                       help="torch CPU threads per model call (default 1: one short query gains little from a second "
+                            "thread, and on a busy machine two OpenMP threads were 15x slower; docs/serve.md)")
     export = subparsers.add_parser(
         "export-labels", help="write the labels accepted in `eedi serve` as Kaggle train.csv rows",
         description="Write RUN/labels.sqlite as Kaggle train.csv rows (one per question; the latest label of each "
@@ -93,13 +95,15 @@ def _serve(args: argparse.Namespace, run_dir: Path) -> int:
         from .labels import LabelStore
     except ImportError as err:
         return _user_error(f"{err.name} is not installed: pip install -e '.[serve]' (or `make setup`)")
-    if args.threads:
-        import torch
+    if args.threads < 1:
+        return _user_error(f"--threads {args.threads}: need at least 1")
+    import torch
 
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     try:
         predictor = Predictor(run_dir, use_reranker=args.reranker, reranker_backend=args.reranker_backend,
                               reranker_model=args.reranker_model)
+        torch.set_num_threads(args.threads)  # again: a run's runtime.num_threads is applied while loading
     except (ServeError, ConfigError) as err:
         return _user_error(str(err))
     except RuntimeError as err:  # the vllm backend outside the inference environment

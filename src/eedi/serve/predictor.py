@@ -4,8 +4,9 @@ It is the Kaggle path (:func:`eedi.inference.predict`) kept in memory: the run's
 ``manifest.json``), its retriever (``retriever/full/model``, else the first fold's), the retrieval index
 with the run's label memory and unseen prior (:class:`eedi.index.CandidateRetriever` over every labelled
 training pair, as ``infer`` uses it), and optionally its reranker (chosen as ``infer`` chooses it, scored
-by a backend built once). Queries are rendered by :func:`eedi.data.pivot_pairs` with the run's
-``data.query_template``, so a served query is byte-for-byte what the model saw in training.
+by a backend built once). Queries are rendered with the run's ``data.query_template`` from the same fields
+:func:`eedi.data.pivot_pairs` gives it (:func:`served_pairs`; uploads go through pivot_pairs itself), so a
+served query is byte-for-byte what the model saw in training.
 
 Model calls hold one lock: a 2-core CPU gains nothing from running two forward passes at once, and
 SentenceTransformer/transformers models are not documented as thread-safe.
@@ -28,7 +29,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from ..config import Config, ConfigError, apply_overrides
-from ..data import LETTERS, QUESTION_COLUMNS, DataError, load_questions, pivot_pairs
+from ..data import PAIR_COLUMNS, DataError, load_questions, pivot_pairs
 from .labels import Question, RunInfo
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,30 @@ def run_info(run_dir: Path) -> RunInfo:
     fingerprint = manifest.get("stages", {}).get("train-retriever", {}).get("fingerprint", "untrained")
     return RunInfo(run_id=f"{run_dir.name}@{fingerprint}", run_dir=str(run_dir.resolve()),
                    git_commit=manifest.get("git_commit"))
+
+
+def served_pairs(items: Sequence[tuple[Question, str]], template: str) -> list[dict]:
+    """One pairs.parquet row per (question, wrong answer), keyed ``item{i}``, as :func:`eedi.data.pivot_pairs` builds
+    it from a test.csv row (same fields; a missing id formats as pivot_pairs formats it, None), so ``QueryText`` is the training query's text.
+
+    Built directly rather than through pivot_pairs: its DataFrame work was ~20 ms of a ~45 ms single-query request.
+    tests/test_serve_api.py checks the two agree for every field a template may use."""
+    rows = []
+    for i, (q, wrong) in enumerate(items):
+        if wrong == q.correct_answer:
+            raise ValueError(f"item {i}: the wrong answer must differ from the correct answer")
+        row = {
+            # Position as QuestionId: unique within the request (the default template does not show it).
+            "QuestionId_Answer": f"item{i}", "QuestionId": i, "WrongAnswer": wrong, "split": "serve",
+            "ConstructId": q.construct_id, "ConstructName": q.construct_name,
+            "SubjectId": q.subject_id, "SubjectName": q.subject_name,
+            "QuestionText": q.question_text, "CorrectAnswer": q.correct_answer,
+            "CorrectAnswerText": q.answer(q.correct_answer), "WrongAnswerText": q.answer(wrong),
+            "MisconceptionId": None,
+        }
+        row["QueryText"] = template.format(**row)
+        rows.append(row)
+    return rows
 
 
 class Predictor:
@@ -159,20 +184,7 @@ class Predictor:
 
     def _pairs(self, items: Sequence[tuple[Question, str]]) -> pd.DataFrame:
         """pairs.parquet-shaped rows, one per item, keyed ``item{i}``, with the run's query text."""
-        questions = pd.DataFrame([{
-            # Position as QuestionId: unique within the request (the default template does not show it).
-            "QuestionId": i, "ConstructId": q.construct_id, "ConstructName": q.construct_name,
-            "SubjectId": q.subject_id, "SubjectName": q.subject_name, "CorrectAnswer": q.correct_answer,
-            "QuestionText": q.question_text, **{f"Answer{x}Text": q.answer(x) for x in LETTERS},
-        } for i, (q, _) in enumerate(items)], columns=QUESTION_COLUMNS)
-        pairs = pivot_pairs(questions, "serve", self.config.data.query_template)
-        wanted = pd.DataFrame({"QuestionId": range(len(items)), "WrongAnswer": [w for _, w in items]})
-        pairs = wanted.astype({"QuestionId": "Int64"}).merge(pairs, on=["QuestionId", "WrongAnswer"], how="left")
-        if pairs["QueryText"].isna().any():
-            bad = int(np.flatnonzero(pairs["QueryText"].isna().to_numpy())[0])
-            raise ValueError(f"item {bad}: the wrong answer must differ from the correct answer")
-        pairs["QuestionId_Answer"] = [f"item{i}" for i in range(len(items))]
-        return pairs
+        return pd.DataFrame(served_pairs(items, self.config.data.query_template), columns=PAIR_COLUMNS)
 
     def _rank(self, pairs: pd.DataFrame, rerank: bool) -> pd.DataFrame:
         """Long table: QuestionId_Answer, final_rank (0-based), MisconceptionId, score, reranker_score, final_score."""
@@ -202,16 +214,17 @@ class Predictor:
             return []
         if not 1 <= top_k <= self.top_k:
             raise ValueError(f"top_k must be between 1 and {self.top_k} (the run's index.top_k), got {top_k}")
-        pairs = self._pairs(items)
+        rows = served_pairs(items, self.config.data.query_template)
         if not self.resolve_rerank(rerank):
             # Retrieval only: straight from the search arrays (no DataFrame round trip on the fast path).
             with self._lock:
-                scores, ids = self.retriever.search(pairs["QueryText"].tolist())
+                scores, ids = self.retriever.search([row["QueryText"] for row in rows])
             return [[Ranked(rank=j + 1, misconception_id=int(m), misconception_name=self.names[int(m)],
                             retriever_score=float(score), reranker_score=None, score=float(score))
                      for j, (m, score) in enumerate(zip(ids[i, :top_k], scores[i, :top_k]))]
                     for i in range(len(items))]
-        ranked = self._rank(pairs, rerank=True).sort_values("final_rank", kind="stable")
+        ranked = self._rank(pd.DataFrame(rows, columns=PAIR_COLUMNS), rerank=True).sort_values("final_rank",
+                                                                                              kind="stable")
         groups = dict(iter(ranked.groupby("QuestionId_Answer", sort=False)))
         out = []
         for i in range(len(items)):
