@@ -19,9 +19,11 @@ import json
 import os
 import platform
 import re
+import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -139,7 +141,7 @@ def machine() -> dict:
 def markdown(result: dict) -> str:
     lines = [
         "# `eedi serve` load benchmark", "",
-        f"Command: `{result['command']}`", "",
+        "Command (environment in the note below):", "", "```bash", result["command"], "```", "",
         f"Run: `{result['health']['run_id']}` (retriever `{result['health']['retriever']}`, reranker "
         f"`{result['health']['reranker']}` on {result['health']['reranker_backend']}); "
         f"{result['health']['misconceptions']} misconceptions; single-item `POST /predict`, top_k 25, "
@@ -154,6 +156,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['p50_ms']} | "
                      f"{r['p95_ms']} | {r['p99_ms']} | {r['mean_ms']} | {r['req_per_s']} |")
     lines += ["", result["summary"], ""]
+    if result.get("note"):
+        lines += [result["note"], ""]
     return "\n".join(lines)
 
 
@@ -170,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve_load",
                         help="writes OUT.json and OUT.md")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `eedi serve` argument (repeatable)")
+    parser.add_argument("--note", default="", help="how the run was made, the environment: copied into the results")
     args = parser.parse_args(argv)
 
     items = items_from(args.test_csv)
@@ -177,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     base = f"http://{LOOPBACK}:{port}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    server_log = args.out.with_suffix(".server.log")
+    # The server's own log is for debugging a failed run, not a result: kept out of benchmarks/results.
+    server_log = Path(tempfile.mkdtemp(prefix="eedi-serve-load-")) / "server.log"
+    print(f"server log: {server_log}", flush=True)
     start = machine()
     server = start_server(args.run_dir, port, server_log, args.server_arg)
     try:
@@ -205,13 +212,14 @@ def main(argv: list[str] | None = None) -> int:
                        f"({rr['p50_ms'] / one['p50_ms']:.1f}x) at concurrency 1.")
     summary.append(f"Errors: {sum(r['errors'] for r in results)} of {sum(r['requests'] for r in results)} requests.")
     result = {
-        "command": " ".join(["python", "benchmarks/serve_load.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join(["python", "benchmarks/serve_load.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": start,
         "health": health,
         "settings": {"requests": args.requests, "rerank_requests": args.rerank_requests, "seconds": args.seconds,
                      "warmup": args.warmup, "items": len(items), "test_csv": str(args.test_csv)},
         "levels": results,
         "summary": " ".join(summary),
+        "note": args.note,
     }
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))
