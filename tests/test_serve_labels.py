@@ -171,6 +171,7 @@ def test_killed_writer_loses_nothing_committed(store: LabelStore):
         committed.add(int(line.split()[1]))
         if len(committed) >= 40:
             break
+    assert len(committed) >= 40, writer.stderr.read() if writer.poll() is not None else "writer stalled"
     writer.send_signal(signal.SIGKILL)  # mid-stream: it may be inside a transaction right now
     writer.wait(timeout=30)
     committed |= {int(line.split()[1]) for line in writer.stdout.read().splitlines() if line.strip()}

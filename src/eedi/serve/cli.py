@@ -84,10 +84,14 @@ def _export(run_dir: Path, out: Path) -> int:
 
 def _serve(args: argparse.Namespace, run_dir: Path) -> int:
     from ..config import ConfigError
-    from .predictor import Predictor, ServeError
+    from .predictor import Predictor, ServeError, retriever_path, run_config
 
     if not 0 < args.port < 65536:
         return _user_error(f"--port {args.port} is not a TCP port")
+    try:  # the cheap checks first, before torch is imported (seconds, and its warnings)
+        retriever_path(run_dir, run_config(run_dir))
+    except (ServeError, ConfigError) as err:
+        return _user_error(str(err))
     try:
         import uvicorn
 
