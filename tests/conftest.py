@@ -121,7 +121,9 @@ def _content_hash() -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    files = sorted((REPO / "src" / "eedi").rglob("*.py")) + [REPO / "configs" / "cpu.yaml"]
+    # eedi/serve only reads a finished run: editing it must not retrain the shared run.
+    files = sorted(p for p in (REPO / "src" / "eedi").rglob("*.py") if "serve" not in p.relative_to(REPO / "src").parts)
+    files += [REPO / "configs" / "cpu.yaml"]
     files += sorted((REPO / "data" / "sample").glob("*.csv"))
     for path in files:
         digest.update(path.name.encode())

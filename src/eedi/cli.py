@@ -1,11 +1,15 @@
 """``eedi``: one subcommand per stage, plus ``run`` for all of them in order.
 
 eedi <stage> --config CONFIG [key=value ...]
-eedi run --config configs/cpu.yaml data.dir=DIR run_dir=OUT folds.use=[0]
+eedi run --config configs/cpu.yaml data.dir=DIR run_dir=OUT folds.use=[0] [-v]
+eedi summary RUN_DIR
+eedi download --out DIR [--zip ZIP]
 eedi make-sample --out data/sample
 eedi setup-models --out models
 eedi make-holdout --data DIR --out OUT [--test-share 0.25] [--seed 42] [--force]
 eedi score SUBMISSION --labels OUT/labels.csv [--train TRAIN_CSV] [--mapping MAPPING_CSV] [--json]
+eedi serve --run-dir RUN [--host 127.0.0.1] [--port 8000] [--token T] [--no-reranker]
+eedi export-labels --run-dir RUN --out train.csv
 eedi config-docs --out docs/config.md [--check]
 """
 
@@ -30,6 +34,8 @@ from eedi.pipeline.registry import STAGES
 from eedi.pipeline.runner import run_all, run_stage
 from eedi.pretrained import setup_models
 from eedi.sample.write import generate_sample
+from eedi.serve.cli import add_parsers as add_serve_parsers
+from eedi.serve.cli import dispatch as dispatch_serve
 from eedi.submit.kaggle import package
 
 log = logging.getLogger("eedi")
@@ -124,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="misconception_mapping.csv the ids must be in (default: the one beside LABELS, if any)",
     )
     score.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_serve_parsers(sub)  # serve, export-labels
     return parser
 
 
@@ -146,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        if (served := dispatch_serve(args)) is not None:
+            return served
         if args.command == "make-sample":
             for path in generate_sample(args.out, seed=args.seed).values():
                 print(f"wrote {path}")

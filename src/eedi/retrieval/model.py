@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ from sentence_transformers.sentence_transformer.modules import Pooling
 from transformers import AutoConfig
 
 from eedi.config import RetrieverConfig
-from eedi.errors import ConfigError
+from eedi.errors import ConfigError, MissingInputError
+from eedi.layout import FULL, RunLayout, model_name
 from eedi.progress import library_bars_on_console
 from eedi.runtime import Placement, model_kwargs
 
@@ -172,6 +174,17 @@ def layer_modules(model, names: list[str], layers: set[int]) -> list[str]:
         if parts[-1] in wanted and index in layers:
             out.append(full_name)
     return out
+
+
+def trained_retriever(run_dir: str | Path, folds: Sequence[int]) -> Path:
+    """The retriever that infer, the Kaggle package and the service use: the full fit, else the first fold's."""
+    layout = RunLayout(run_dir)
+    for name in [FULL, *[model_name(k) for k in folds]]:
+        if layout.retriever_model(name).is_dir():
+            return layout.retriever_model(name)
+    raise MissingInputError(
+        f"a trained retriever in {layout.root} (full or {[model_name(k) for k in folds]})", "train-retriever"
+    )
 
 
 def load_encoder(path: str | Path, placement: Placement) -> SentenceTransformer:

@@ -28,10 +28,9 @@ from pathlib import Path
 import yaml
 
 from eedi.config import Config, config_to_dict
-from eedi.errors import MissingInputError
 from eedi.fileio import atomic_dir, atomic_path, tree_sha256, write_json
-from eedi.layout import FULL, RunLayout, model_name
 from eedi.manifest import git_commit
+from eedi.retrieval.model import trained_retriever
 from eedi.submit.predict import choose_reranker
 
 log = logging.getLogger(__name__)
@@ -39,15 +38,6 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[3]
 # The sample-data generator is a development tool: the notebook never needs it.
 NOT_IN_WHEEL = ("eedi/sample/",)
-
-
-def _retriever_dir(config: Config) -> Path:
-    layout = RunLayout(config.run_dir)
-    for name in [FULL, *[model_name(k) for k in config.folds.use]]:
-        path = layout.retriever_model(name)
-        if path.is_dir():
-            return path
-    raise MissingInputError(f"a trained retriever in {layout.root}", "train-retriever")
 
 
 def strip_wheel(wheel: Path, prefixes: tuple[str, ...] = NOT_IN_WHEEL) -> None:
@@ -83,7 +73,7 @@ def build_wheels(dest: Path, with_deps: bool) -> list[str]:
 def package(config: Config, out: str | Path, with_deps: bool = False) -> Path:
     """Write the Kaggle dataset folder for the run in ``config.run_dir`` (atomically)."""
     out = Path(out)
-    retriever = _retriever_dir(config)
+    retriever = trained_retriever(config.run_dir, config.folds.use)
     # reranker.enabled=false (the CPU-Kaggle profile): the package holds the retriever alone.
     reranker_kind, reranker = choose_reranker(config) if config.reranker.enabled else (None, None)
     with atomic_dir(out) as tmp:
