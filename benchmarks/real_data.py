@@ -123,6 +123,7 @@ def run_ablations(
     from eedi.config import RuntimeConfig
     from eedi.data.artifacts import load_folds, load_misconceptions, load_pairs
     from eedi.data.folds import train_val_split
+    from eedi.layout import RunLayout, model_name
     from eedi.retrieval.model import load_encoder
     from eedi.runtime import resolve
 
@@ -134,7 +135,7 @@ def run_ablations(
         if models is not None:
             model = models[fold]
         else:
-            model = load_encoder(run_dir / "retriever" / f"fold_{fold}" / "model", placement)
+            model = load_encoder(RunLayout(run_dir).retriever_model(model_name(fold)), placement)
         seen = set(train["MisconceptionId"].astype(int))
         for name, extra in ABLATIONS.items():
             ranked = fused_ranking(model, cfg_path, [*overrides, *extra], train, val, misconceptions)

@@ -150,6 +150,7 @@ def main() -> int:
     from eedi.config import load_config
     from eedi.data.artifacts import load_folds, load_misconceptions, load_pairs
     from eedi.data.folds import train_val_split
+    from eedi.layout import RunLayout, model_name
     from eedi.pipeline.runner import run_stage
     from eedi.retrieval.train import train_fold
 
@@ -181,7 +182,7 @@ def main() -> int:
     runs: dict[str, list[dict]] = {"ours": [], "mnrl": []}
 
     def run_ours(repeat: int) -> None:
-        fold_dir = run_dir / "retriever" / "fold_0"
+        fold_dir = RunLayout(run_dir).retriever(model_name(0))
         shutil.rmtree(fold_dir, ignore_errors=True)
         t0 = time.perf_counter()
         train_fold(cfg, 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,7 +114,8 @@ def test_rerun_skips_current_stages_and_reruns_changed_ones(tmp_path, small_kagg
     subprocess.run(base, check=True, cwd=REPO)
     first = json.loads((run_dir / "manifest.json").read_text())["stages"]["prepare"]
     result = subprocess.run(base, check=True, cwd=REPO, capture_output=True, text=True)
-    assert "up to date" in result.stderr
+    assert re.search(r"^\[1/1\] prepare +skipped +\(unchanged\)", result.stdout, re.M)
+    assert "up to date" in (run_dir / "logs" / "prepare.log").read_text()  # the stage's own log says why
     again = json.loads((run_dir / "manifest.json").read_text())["stages"]["prepare"]
     assert again["started"] == first["started"]
     subprocess.run(base + ["folds.seed=7"], check=True, cwd=REPO)

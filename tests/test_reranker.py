@@ -393,35 +393,3 @@ def test_reranker_beats_retriever_on_sample_fold0(reranked_sample):
     assert metrics["reranker"]["map@25"] > metrics["retriever"]["map@25"], {
         name: metrics[name]["map@25"] for name in ("retriever", "reranker")
     }
-
-
-# --------------------------------------------------------------------------- vLLM (inference environment)
-
-
-@pytest.mark.infer
-@pytest.mark.slow
-def test_vllm_and_transformers_scores_agree(tmp_path, smollm2_path, prepared_sample):
-    """Same model, same token ids: the two backends' label probabilities agree within 1e-4.
-
-    Both run float32; they differ only in kernels (measured here: 4.5e-6 at most)."""
-    import os
-
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    from transformers import AutoTokenizer
-
-    from eedi.data.artifacts import load_misconceptions, load_pairs
-
-    config = load_config(REPO / "configs" / "cpu.yaml", [f"run_dir={tmp_path}", f"reranker.backbone={smollm2_path}"])
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
-    pairs = load_pairs(prepared_sample).dropna(subset=["MisconceptionId"]).head(12)
-    names = load_misconceptions(prepared_sample)["MisconceptionName"].tolist()
-    rng = np.random.default_rng(0)
-    prompts = [
-        build_prompt(pair, list(rng.choice(names, 5, replace=False)), tokenizer) for pair in pairs.to_dict("records")
-    ]
-    hf = score_prompts(smollm2_path, prompts, 5, "transformers", config)
-    vllm = score_prompts(smollm2_path, prompts, 5, "vllm", config)
-    assert hf.shape == vllm.shape == (12, 5)
-    np.testing.assert_allclose(vllm.sum(axis=1), 1.0, atol=1e-6)
-    assert np.abs(hf - vllm).max() < 1e-4, np.abs(hf - vllm).max()
-    assert (hf.argmax(axis=1) == vllm.argmax(axis=1)).all()

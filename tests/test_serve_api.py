@@ -317,7 +317,8 @@ def test_serve_cli_user_errors_are_one_line(tmp_path: Path, capsys):
     (tmp_path / "manifest.json").write_text(json.dumps({"config": config_to_dict(load_config()), "stages": {}}))
     assert main(["serve", "--run-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: no trained retriever in") and err.count("\n") == 1
+    assert err.startswith("error: a trained retriever in") and err.count("\n") == 1
+    assert "run `eedi train-retriever` first" in err
 
 
 def test_serve_command_answers_and_a_killed_server_keeps_its_labels(reranked_sample: Path, tmp_path: Path):

@@ -145,7 +145,14 @@ def _share(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may come after options (`eedi run ... data.dir=X -v folds.use=[1]`): argparse stops
+    # collecting a positional list at the first option, so the rest arrive here as unknown arguments.
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        if not hasattr(args, "overrides") or any(item.startswith("-") or "=" not in item for item in rest):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.overrides = [*args.overrides, *rest]
     logging.basicConfig(
         # `eedi run` keeps its console for the stage lines: its own INFO logs would only repeat them
         level=logging.DEBUG if args.verbose else (logging.WARNING if args.command == "run" else logging.INFO),

@@ -192,10 +192,9 @@ def load_encoder(path: str | Path, placement: Placement) -> SentenceTransformer:
     return SentenceTransformer(str(path), device=placement.device, model_kwargs={"dtype": placement.dtype})
 
 
-def encode_queries(model: SentenceTransformer, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """L2-normalised float32 query embeddings (with the model's saved query prompt, if any)."""
+def _encode(encode, texts: list[str], batch_size: int) -> np.ndarray:
     with library_bars_on_console():
-        embeddings = model.encode_query(
+        embeddings = encode(
             texts,
             batch_size=batch_size,
             convert_to_numpy=True,
@@ -203,16 +202,13 @@ def encode_queries(model: SentenceTransformer, texts: list[str], batch_size: int
             show_progress_bar=len(texts) > 4 * batch_size,
         )
     return embeddings.astype(np.float32)
+
+
+def encode_queries(model: SentenceTransformer, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """L2-normalised float32 query embeddings (with the model's saved query prompt, if any)."""
+    return _encode(model.encode_query, texts, batch_size)
 
 
 def encode_corpus(model: SentenceTransformer, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """L2-normalised float32 misconception embeddings (no prompt)."""
-    with library_bars_on_console():
-        embeddings = model.encode_document(
-            texts,
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=len(texts) > 4 * batch_size,
-        )
-    return embeddings.astype(np.float32)
+    return _encode(model.encode_document, texts, batch_size)
