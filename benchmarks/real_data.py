@@ -21,6 +21,11 @@ the fold's training part, and CPU seconds (training and scoring; per pipeline st
 mean and sample standard deviation over the folds. Written to ``benchmarks/results/real_data.json`` and
 ``.md``; the README's and docs/results.md's real-data tables are that file's table.
 
+Second stages over this benchmark's ``ours`` run (its fold retrievers and candidates), each in its own script
+so that they reuse those models: ``reranker_real_data.py`` (a learned feature reranker, 3 folds x 3 seeds),
+``cross_encoder_real_data.py`` (a MiniLM cross-encoder, one fold) and ``synthetic_real_data.py`` (SmolLM2-135M
+questions for a fold's unseen misconceptions, retrained).
+
 The CPU seconds of a stage are those of its process and its children (``getrusage``): on 2 cores a stage
 that keeps both busy spends about twice its wall time.
 """
@@ -60,6 +65,25 @@ INFER_SIDE = {"synthesize"}
 def cpu_flags() -> str:
     flags = set(re.findall(r"avx512[a-z_0-9]*", Path("/proc/cpuinfo").read_text()))
     return ("AVX-512 (" + " ".join(sorted(flags)) + ")") if flags else "AVX2 only (no AVX-512)"
+
+
+def machine_fields(started: float) -> dict:
+    """The record fields every benchmark here writes: machine, CPU vector units, wall time, command line."""
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+        "cpu": cpu_flags(),
+        "wall_seconds": round(time.time() - started),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+
+
+def write_results(out: str | Path, record: dict, table: str) -> None:
+    """``out`` (.json) and its .md twin, then the table on stdout."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
 
 
 def children_cpu_seconds() -> float:
@@ -386,11 +410,8 @@ def main() -> int:
         "n_splits": cfg.folds.n_splits,
         "epochs": cfg.retriever.epochs,
         "backbone": cfg.retriever.backbone,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
-        "cpu": cpu_flags(),
         "load_average_before": [round(x, 2) for x in load_before],
-        "wall_seconds": round(time.time() - started),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **machine_fields(started),
         "systems": systems,
     }
     if "mnrl" in systems:
@@ -400,12 +421,7 @@ def main() -> int:
             for name, s in systems.items()
             if name != "mnrl"
         }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    table = markdown(record)
-    out.with_suffix(".md").write_text(table + "\n")
-    print(table)
+    write_results(args.out, record, markdown(record))
     return 0
 
 

@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_data import REPO, RESULTS, cpu_flags, metrics_block  # noqa: E402
+from real_data import REPO, RESULTS, machine_fields, metrics_block, write_results  # noqa: E402
 
 SYNTHESIS_OVERRIDES = (
     "synthetic.enabled=true",
@@ -254,16 +253,10 @@ def main() -> int:
         "generation": generation_record(syn_dir, summary),
         "synthesize_wall_seconds": round(synth_seconds),
         "retrain_wall_seconds": retrain_seconds,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
-        "cpu": cpu_flags(),
-        "wall_seconds": round(time.time() - started),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **machine_fields(started),
         "systems": systems,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    out.with_suffix(".md").write_text(render(record) + "\n")
-    print(render(record))
+    write_results(out, record, render(record))
     return 0
 
 
