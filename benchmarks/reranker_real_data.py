@@ -16,7 +16,12 @@ pointwise, ranked by its probability. Features:
   and the misconception name; for the three similarities, their rank and gap to the best within the pair;
 * ``text+labels``: adds what the fold's labelled training pairs say about the candidate: how many pairs
   carry it, how many of those share the query's construct and subject, whether it is seen at all, and the
-  label memory (highest fold-retriever cosine between the query and a training query labelled with it).
+  label memory (highest cosine between the query and a training query labelled with it, in the fold
+  retriever's and the zero-shot model's space, each also as rank and gap within the pair).
+
+Each reranker orders the candidates two ways: all of them by its probability, and "seen slots only", where
+the unseen candidates keep the ranks the retriever gave them and only the seen ones are reordered among the
+remaining places (so MAP@25 on unseen misconceptions is the retriever's, exactly).
 
 Training rows are out of fold: fold k's reranker learns from the validation candidates of the other
 benchmark folds, whose features come from retrievers that never saw those questions (candidates of a
@@ -31,10 +36,7 @@ Writes benchmarks/results/reranker_real_data.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -43,12 +45,23 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_data import HEADLINE, REPO, RESULTS, aggregate, cpu_flags, metrics_block  # noqa: E402
+from real_data import HEADLINE, REPO, RESULTS, aggregate, machine_fields, metrics_block, write_results  # noqa: E402
 
 SIMILARITIES = ("cos", "zero_shot_cos", "tfidf")
 TEXT = ["score", "rank", "gap", "z", *SIMILARITIES, *(f"{s}_{k}" for s in SIMILARITIES for k in ("rank", "gap"))]
-LABELS = ["n_label", "n_construct", "n_subject", "seen", "memory"]
+MEMORIES = ("memory", "zero_shot_memory")
+LABELS = [
+    "n_label",
+    "n_construct",
+    "n_subject",
+    "seen",
+    *MEMORIES,
+    *(f"{m}_{k}" for m in MEMORIES for k in ("rank", "gap")),
+]
 FEATURE_SETS = {"text": TEXT, "text+labels": TEXT + LABELS}
+# "all": the reranker orders all top-`depth` candidates; "seen slots": only the seen candidates, among the
+# places the retriever gave them (unseen candidates keep their ranks).
+MODES = ("all", "seen slots")
 GBM = {"max_iter": 300, "learning_rate": 0.03, "max_leaf_nodes": 7, "min_samples_leaf": 50}
 
 
@@ -102,18 +115,40 @@ def fold_features(run_dir: Path, fold: int, depth: int, pairs, fold_table, misco
         counts = train.assign(m=labels).groupby([column, "m"]).size()
         keys = zip(meta.loc[cand["QuestionId_Answer"], column].to_numpy(), cand["MisconceptionId"].astype(int))
         cand[feature] = [counts.get(key, 0) for key in keys]
-    # Label memory: the best cosine between the query and a training query labelled with the candidate.
-    sims = q_emb @ t_emb.T
-    memory = np.full(len(cand), -1.0)
+    # Label memory: the best cosine between the query and a training query labelled with the candidate,
+    # in the fold retriever's space and in the zero-shot model's.
     label_rows = {m: np.flatnonzero(labels.to_numpy() == m) for m in np.unique(labels)}
-    for i, (q, m) in enumerate(zip(q_rows, cand["MisconceptionId"].astype(int))):
-        rows = label_rows.get(m)
-        if rows is not None:
-            memory[i] = sims[q, rows].max()
-    cand["memory"] = memory
+    zt, _ = zero_shot(train["QueryText"].tolist())
+    for name, sims in (("memory", q_emb @ t_emb.T), ("zero_shot_memory", zq @ zt.T)):
+        memory = np.full(len(cand), -1.0)
+        for i, (q, m) in enumerate(zip(q_rows, cand["MisconceptionId"].astype(int))):
+            rows = label_rows.get(m)
+            if rows is not None:
+                memory[i] = sims[q, rows].max()
+        cand[name] = memory
+        group = cand.groupby("QuestionId_Answer")[name]
+        cand[f"{name}_rank"] = group.rank(ascending=False)
+        cand[f"{name}_gap"] = cand[name] - group.transform("max")
     positives = dict(zip(val["QuestionId_Answer"], val["MisconceptionId"].astype(int)))
     cand["target"] = cand["MisconceptionId"].to_numpy() == cand["QuestionId_Answer"].map(positives).to_numpy()
     return cand, train, val
+
+
+def system_name(features: str, mode: str) -> str:
+    return f"retriever + feature reranker ({features}" + (", seen slots only)" if mode == "seen slots" else ")")
+
+
+def seen_slots_order(frame: pd.DataFrame, probs: np.ndarray) -> np.ndarray:
+    """A sort key that reorders only the seen candidates, among the places the retriever gave them: every
+    unseen candidate keeps its rank, so unseen pairs keep their retriever MAP@25 exactly."""
+    key = -frame["rank"].to_numpy(dtype=np.float64)
+    seen = frame["seen"].to_numpy().astype(bool)
+    for rows in frame.groupby("QuestionId_Answer").indices.values():
+        slots = rows[seen[rows]]
+        if len(slots) > 1:
+            # The seen slots' keys, largest first, handed out in the order of the reranker's probabilities.
+            key[slots[np.argsort(-probs[slots], kind="stable")]] = np.sort(key[slots])[::-1]
+    return key
 
 
 def ranked_lists(frame: pd.DataFrame, order: np.ndarray, keys: list[str]) -> np.ndarray:
@@ -184,7 +219,8 @@ def main() -> int:
 
     systems: dict[str, dict] = {"retriever": {"folds": {}}}
     for name in FEATURE_SETS:
-        systems[f"retriever + feature reranker ({name})"] = {"folds": {}, "per_seed": {}}
+        for mode in MODES:
+            systems[system_name(name, mode)] = {"folds": {}, "per_seed": {}}
     for fold, (cand, train, val) in data.items():
         keys = val["QuestionId_Answer"].tolist()
         actual = val["MisconceptionId"].astype(int).tolist()
@@ -193,32 +229,35 @@ def main() -> int:
         systems["retriever"]["folds"][f"fold_{fold}"] = base
         others = pd.concat([data[j][0] for j in data if j != fold], ignore_index=True)
         for name, features in FEATURE_SETS.items():
-            system = systems[f"retriever + feature reranker ({name})"]
-            blocks = []
+            blocks: dict[str, list] = {mode: [] for mode in MODES}
             for seed in args.seeds:
                 t0 = time.process_time()
                 model = HistGradientBoostingClassifier(random_state=seed, **GBM)
                 model.fit(others[features], others["target"])
                 probs = model.predict_proba(cand[features])[:, 1]
-                block = metrics_block(actual, ranked_lists(cand, probs, keys), seen)
-                block["cpu_seconds"] = round(time.process_time() - t0, 1)
-                blocks.append(block)
-                system["per_seed"][f"fold_{fold}_seed_{seed}"] = block
-            system["folds"][f"fold_{fold}"] = {
-                k: float(np.mean([b[k] for b in blocks])) for k in (*HEADLINE, "cpu_seconds")
-            }
-            system.setdefault("gain_per_fold", []).append(
-                round(np.mean([b["map@25"] for b in blocks]) - base["map@25"], 4)
-            )
-            spread = float(np.std([b["map@25"] for b in blocks], ddof=1)) if len(blocks) > 1 else 0.0
-            system.setdefault("seed_std_per_fold", []).append(round(spread, 4))
-            logging.info(
-                "fold %d: %s MAP@25 %.4f (retriever %.4f)",
-                fold,
-                name,
-                system["folds"][f"fold_{fold}"]["map@25"],
-                base["map@25"],
-            )
+                cpu = round(time.process_time() - t0, 1)
+                for mode in MODES:
+                    order = probs if mode == "all" else seen_slots_order(cand, probs)
+                    block = metrics_block(actual, ranked_lists(cand, order, keys), seen)
+                    block["cpu_seconds"] = cpu
+                    blocks[mode].append(block)
+                    systems[system_name(name, mode)]["per_seed"][f"fold_{fold}_seed_{seed}"] = block
+            for mode, runs in blocks.items():
+                system = systems[system_name(name, mode)]
+                system["folds"][f"fold_{fold}"] = {
+                    k: float(np.mean([b[k] for b in runs])) for k in (*HEADLINE, "cpu_seconds")
+                }
+                gain = np.mean([b["map@25"] for b in runs]) - base["map@25"]
+                system.setdefault("gain_per_fold", []).append(round(float(gain), 4))
+                spread = float(np.std([b["map@25"] for b in runs], ddof=1)) if len(runs) > 1 else 0.0
+                system.setdefault("seed_std_per_fold", []).append(round(spread, 4))
+                logging.info(
+                    "fold %d: %s MAP@25 %.4f (retriever %.4f)",
+                    fold,
+                    system_name(name, mode),
+                    system["folds"][f"fold_{fold}"]["map@25"],
+                    base["map@25"],
+                )
     for system in systems.values():
         system["mean"] = aggregate(system["folds"])
         if "gain_per_fold" in system:
@@ -230,18 +269,10 @@ def main() -> int:
         "depth": args.depth,
         "gbm": GBM,
         "feature_sets": FEATURE_SETS,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
-        "cpu": cpu_flags(),
-        "wall_seconds": round(time.time() - started),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **machine_fields(started),
         "systems": systems,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    table = markdown(record)
-    out.with_suffix(".md").write_text(table + "\n")
-    print(table)
+    write_results(args.out, record, markdown(record))
     return 0
 
 
