@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -246,6 +247,10 @@ def test_hand_computed_mixed_case_with_seen_unseen(tiny_labels, mapping_ids, sam
     assert result["map@25_seen"] == pytest.approx(0.5)
     assert result["map@25_unseen"] == pytest.approx((1 / 3 + 1 / 25) / 2)
     assert (result["recall@25_seen"], result["recall@25_unseen"]) == (0.5, 1.0)
+    # the competition's mix: 0.25 x seen + 0.75 x unseen, by hand
+    assert result["map@25_mix"] == pytest.approx(0.25 * 0.5 + 0.75 * (1 / 3 + 1 / 25) / 2)
+    even = score_submission(sub, folder / "labels.csv", train=sample_dir / "train.csv", unseen_share=0.5)
+    assert even["map@25_mix"] == pytest.approx(0.5 * 0.5 + 0.5 * (1 / 3 + 1 / 25) / 2)
 
 
 @pytest.mark.parametrize(
@@ -338,7 +343,8 @@ def test_without_a_mapping_ids_need_only_be_integers(tiny_labels, mapping_ids, t
 
 def test_cli_make_holdout_then_score(sample_dir, tmp_path, capsys, mapping_ids):
     out = tmp_path / "holdout"
-    assert main(["make-holdout", "--data", str(sample_dir), "--out", str(out), "--seed", "3"]) == 0
+    split = ["--test-share", str(SHARE), "--seed", str(SEED)]  # a split with unseen labels: the mix is defined
+    assert main(["make-holdout", "--data", str(sample_dir), "--out", str(out), *split]) == 0
     printed = capsys.readouterr().out
     assert "test questions" in printed and "never give it to the model" in printed
     assert main(["make-holdout", "--data", str(sample_dir), "--out", str(out)]) == 2
@@ -352,9 +358,16 @@ def test_cli_make_holdout_then_score(sample_dir, tmp_path, capsys, mapping_ids):
     assert main(["score", str(sub), "--labels", str(out / "labels.csv"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["map@25"] == 1.0 and result["rows_ignored"] == 0 and "n_unseen" in result
+    assert result["map@25_mix"] == 1.0 and result["unseen_share"] == 0.75
     assert main(["score", str(sub), "--labels", str(out / "labels.csv")]) == 0
     table = capsys.readouterr().out
     assert "MAP@25" in table and "recall@5" in table and "unseen" in table
+    assert re.search(r"^mix +1\.0000 += 0\.25 x seen \+ 0\.75 x unseen", table, re.M)
+    assert main(["score", str(sub), "--labels", str(out / "labels.csv"), "--unseen-share", "0.5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unseen_share"] == 0.5
+    with pytest.raises(SystemExit) as exc:
+        main(["score", str(sub), "--labels", str(out / "labels.csv"), "--unseen-share", "2"])
+    assert exc.value.code == 2 and "between 0 and 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["make-holdout", "--data", str(sample_dir), "--out", str(tmp_path / "x"), "--test-share", "1.5"])
     assert exc.value.code == 2 and "between 0 and 1" in capsys.readouterr().err

@@ -1,7 +1,14 @@
 import pandas as pd
 import pytest
 
-from eedi.evaluation.metrics import average_precision_at_k, candidates_to_lists, map_at_k, ranking_metrics, recall_at_k
+from eedi.evaluation.metrics import (
+    average_precision_at_k,
+    candidates_to_lists,
+    map_at_k,
+    mix_map,
+    ranking_metrics,
+    recall_at_k,
+)
 
 
 def test_ap_is_reciprocal_rank_of_first_hit():
@@ -58,6 +65,21 @@ def test_ranking_metrics_split_by_seen():
     assert out["map@25_unseen"] == pytest.approx(0.5)
     assert out["recall@1"] == pytest.approx(0.5)
     assert out["n_unseen"] == 2
+    # the competition's mix, by hand: 0.25 x 0.75 + 0.75 x 0.5 = 0.5625 (plain MAP@25 above: 0.625)
+    assert out["map@25_mix"] == pytest.approx(0.5625) and out["unseen_share"] == 0.75
+    half = ranking_metrics([1, 2, 3, 4], [[1], [9, 2], [3], [9]], seen=[True, True, False, False], unseen_share=0.5)
+    assert half["map@25_mix"] == pytest.approx(0.625)
+
+
+def test_mix_needs_both_sides_and_a_share_in_range():
+    assert mix_map(0.8, 0.2) == pytest.approx(0.25 * 0.8 + 0.75 * 0.2)
+    assert mix_map(0.8, 0.2, unseen_share=0.0) == pytest.approx(0.8)
+    assert mix_map(None, 0.2) is None
+    only_seen = ranking_metrics([1, 2], [[1], [2]], seen=[True, True])
+    assert "map@25_mix" not in only_seen and only_seen["n_unseen"] == 0
+    assert "map@25_mix" not in ranking_metrics([1], [[1]])  # no seen/unseen split at all
+    with pytest.raises(ValueError, match="unseen_share"):
+        mix_map(0.5, 0.5, unseen_share=1.5)
 
 
 def test_candidates_to_lists_orders_by_rank():

@@ -18,7 +18,7 @@ from eedi.cli import main
 from eedi.config import load_config
 from eedi.errors import DataError, DownloadError, EnvironmentMissing
 from eedi.evaluation.report import subjects_to_plot
-from eedi.evaluation.summary import summary_text
+from eedi.evaluation.summary import summary_text, validation_headline
 from eedi.layout import RunLayout
 from eedi.pipeline import runner
 from eedi.tracking import log_stage
@@ -82,8 +82,11 @@ def test_console_shows_stage_lines_and_summary_and_no_library_logs(tmp_path, sma
     for i, name in enumerate(FAST_STAGES.split(","), start=1):
         assert re.search(rf"^\[{i}/5\] {re.escape(name)} +\.\.\. ", out, re.M), name
         assert re.search(rf"^\[{i}/5\] {re.escape(name)} +done +\d+ s", out, re.M), name
-    assert re.search(r"^\[4/5\] index +done .*fold_0 MAP@25 [01]\.\d{3} recall@25 [01]\.\d{3}", out, re.M)
-    assert "fold_0  retriever" in out and "MAP@25 unseen" in out  # the summary table
+    index_line = (
+        r"^\[4/5\] index +done .*fold_0 MAP@25 \(mix\) (\?|[01]\.\d{3}) MAP@25 [01]\.\d{3} recall@25 [01]\.\d{3}"
+    )
+    assert re.search(index_line, out, re.M)
+    assert "fold_0  retriever" in out and "MAP@25 (mix)" in out  # the summary table
     assert not _noise(out) and not _noise(quiet.stderr), _noise(out + quiet.stderr)
     # ... while the stage logs hold the library output in full
     assert "'loss'" in RunLayout(run_dir).log("train-retriever").read_text()
@@ -137,6 +140,28 @@ def test_side_python_prefers_the_variable_then_the_project_environment(tmp_path,
     python.parent.mkdir(parents=True)
     python.symlink_to(sys.executable)
     assert runner.side_python("infer") == str(python)  # not resolved through the symlink
+
+
+def test_summary_leads_with_the_mix_and_explains_a_run_without_folds(tmp_path):
+    layout = RunLayout(tmp_path / "cv")
+    layout.root.mkdir()
+    block = {"n": 8, "map@25": 0.5, "map@25_seen": 0.8, "map@25_unseen": 0.2, "recall@25": 0.9}
+    block.update({"map@25_mix": 0.35, "unseen_share": 0.75})
+    layout.manifest.write_text(json.dumps({"config": {"folds": {"use": [0]}}, "stages": {}}))
+    layout.metrics.write_text(json.dumps({"fold_0": {"retriever": block}}))
+    text = summary_text(layout.root)
+    header = next(line for line in text.splitlines() if line.startswith("fold "))
+    assert header.split()[2:5] == ["MAP@25", "(mix)", "MAP@25"]  # the mix first, plain MAP@25 beside it
+    assert re.search(r"fold_0 +retriever +0\.3500 +0\.5000 +0\.8000 +0\.2000 +0\.9000 +8", text)
+    assert "MAP@25 (mix) = 0.25 x seen + 0.75 x unseen" in text
+    assert validation_headline({"fold_0": {"retriever": block}})["map@25_mix"] == 0.35
+
+    full_fit = RunLayout(tmp_path / "full")
+    full_fit.root.mkdir()
+    full_fit.manifest.write_text(json.dumps({"config": {"folds": {"use": [], "full_fit": True}}, "stages": {}}))
+    text = summary_text(full_fit.root)
+    assert "no validation folds" in text and "eedi make-holdout" in text and "eedi score" in text
+    assert "no metrics yet" not in text
 
 
 def test_summary_of_a_folder_that_is_no_run_is_one_error(tmp_path, capsys):

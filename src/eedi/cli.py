@@ -7,7 +7,7 @@ eedi download --out DIR [--zip ZIP]
 eedi make-sample --out data/sample
 eedi setup-models --out models
 eedi make-holdout --data DIR --out OUT [--test-share 0.25] [--seed 42] [--force]
-eedi score SUBMISSION --labels OUT/labels.csv [--train TRAIN_CSV] [--mapping MAPPING_CSV] [--json]
+eedi score SUBMISSION --labels OUT/labels.csv [--train TRAIN_CSV] [--mapping MAPPING_CSV] [--unseen-share 0.75] [--json]
 eedi serve --run-dir RUN [--host 127.0.0.1] [--port 8000] [--token T] [--no-reranker]
 eedi export-labels --run-dir RUN --out train.csv
 eedi config-docs --out docs/config.md [--check]
@@ -27,6 +27,7 @@ from eedi.config import load_config, reference_markdown
 from eedi.data.download import COMPETITION, download
 from eedi.errors import EediError
 from eedi.evaluation.holdout import format_score, make_holdout, score_submission
+from eedi.evaluation.metrics import UNSEEN_SHARE
 from eedi.evaluation.report import build_report
 from eedi.evaluation.summary import summary_text
 from eedi.fileio import write_text
@@ -129,19 +130,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MAPPING_CSV",
         help="misconception_mapping.csv the ids must be in (default: the one beside LABELS, if any)",
     )
+    score.add_argument(
+        "--unseen-share",
+        type=_unit_share,
+        default=UNSEEN_SHARE,
+        help=f"weight of unseen pairs in MAP@25 (mix) (default {UNSEEN_SHARE}, evaluation.unseen_share)",
+    )
     score.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_serve_parsers(sub)  # serve, export-labels
     return parser
 
 
-def _share(text: str) -> float:
+def _fraction(text: str, *, closed: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    if not (0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0):
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1{'' if closed else ' (exclusive)'}, got {text}")
     return value
+
+
+def _share(text: str) -> float:
+    return _fraction(text, closed=False)
+
+
+def _unit_share(text: str) -> float:
+    return _fraction(text, closed=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         if args.command == "score":
-            result = score_submission(args.submission, args.labels, train=args.train, mapping=args.mapping)
+            result = score_submission(
+                args.submission, args.labels, train=args.train, mapping=args.mapping, unseen_share=args.unseen_share
+            )
             print(json.dumps(result, sort_keys=True) if args.json else format_score(result))
             return 0
         cfg = load_config(args.config, args.overrides)

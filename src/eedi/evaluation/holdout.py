@@ -30,7 +30,7 @@ from eedi.data.kaggle import (
 from eedi.data.schema import LETTERS, MISCONCEPTION_COLUMNS, QUESTION_COLUMNS, SUBMISSION_COLUMNS, TRAIN_COLUMNS
 from eedi.data.submission import validate_submission
 from eedi.errors import DataError
-from eedi.evaluation.metrics import K, ranking_metrics
+from eedi.evaluation.metrics import UNSEEN_SHARE, K, ranking_metrics
 from eedi.fileio import atomic_dir, file_sha256
 
 LABELS_FILE = "labels.csv"
@@ -178,9 +178,14 @@ def load_labels(path: str | Path, known_ids: set[int] | None = None) -> pd.DataF
 
 
 def score_submission(
-    submission: str | Path, labels: str | Path, train: str | Path | None = None, mapping: str | Path | None = None
+    submission: str | Path,
+    labels: str | Path,
+    train: str | Path | None = None,
+    mapping: str | Path | None = None,
+    unseen_share: float = UNSEEN_SHARE,
 ) -> dict:
-    """MAP@25 and recall@1/5/25 of ``submission`` on the rows of ``labels``.
+    """MAP@25 and recall@1/5/25 of ``submission`` on the rows of ``labels``, and with a train.csv
+    ``MAP@25 (mix)`` = (1 - unseen_share) x seen + unseen_share x unseen (the competition's test mix).
 
     ``train`` / ``mapping`` default to train.csv / misconception_mapping.csv beside ``labels``
     when those exist (the make-holdout layout). With a train.csv the metrics are also split by
@@ -218,7 +223,7 @@ def score_submission(
         train_questions = load_questions(Path(train), with_labels=True, known_ids=known)
         seen_ids = set(pd.concat([train_questions[c] for c in MISCONCEPTION_COLUMNS]).dropna().astype(int))
         seen = [mid in seen_ids for mid in actual]
-    metrics = ranking_metrics(actual, predicted, seen=seen, recall_ks=RECALL_KS)
+    metrics = ranking_metrics(actual, predicted, seen=seen, recall_ks=RECALL_KS, unseen_share=unseen_share)
     return {
         "submission": str(submission),
         "labels": str(labels),
@@ -252,5 +257,11 @@ def format_score(result: dict) -> str:
         for name in ("seen", "unseen"):
             n = result[f"n_{name}"]
             lines.append(row(name, n, f"_{name}") if n else f"{name:8} {n:>6} {'-':>8}")
+        if "map@25_mix" in result:
+            share = result["unseen_share"]
+            lines.append(
+                f"{'mix':8} {'':>6} {result['map@25_mix']:>8.4f}   = {1 - share:g} x seen + {share:g} x unseen"
+                " (the competition's test mix; --unseen-share)"
+            )
         lines.append(f"(seen = the label's misconception occurs in {result['train']})")
     return "\n".join(lines)

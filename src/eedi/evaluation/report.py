@@ -180,6 +180,7 @@ def metrics_section(metrics: dict) -> str:
                         **{
                             k: values.get(k)
                             for k in (
+                                "map@25_mix",
                                 "map@25",
                                 "recall@25",
                                 "map@25_seen",
@@ -197,11 +198,28 @@ def metrics_section(metrics: dict) -> str:
     if "n" in df:
         df["n"] = df["n"].astype("Int64")  # a count, not a float
     out = _table(df)
+    shares = {
+        b.get("unseen_share")
+        for f in metrics.values()
+        if isinstance(f, dict)
+        for b in f.values()
+        if isinstance(b, dict) and "unseen_share" in b
+    }
+    if len(shares) == 1:
+        share = shares.pop()
+        out += (
+            f"<p>map@25_mix = {1 - share:g} &times; seen + {share:g} &times; unseen"
+            " (<code>evaluation.unseen_share</code>):"
+            " MAP@25 at the competition's test mix, about three pairs of an unseen misconception to one seen.</p>"
+        )
     gains = []
     for fold, block in sorted(metrics.items()):
         if isinstance(block, dict) and "retriever" in block and "reranker" in block:
-            r, rr = block["retriever"]["map@25"], block["reranker"]["map@25"]
-            gains.append({"fold": fold, "retriever": r, "reranker": rr, "gain": rr - r})
+            r, rr = block["retriever"], block["reranker"]
+            row = {"fold": fold, "retriever": r["map@25"], "reranker": rr["map@25"], "gain": rr["map@25"] - r["map@25"]}
+            if "map@25_mix" in r and "map@25_mix" in rr:
+                row["gain (mix)"] = rr["map@25_mix"] - r["map@25_mix"]
+            gains.append(row)
     if gains:
         out += "<h3>Reranker gain over the retriever</h3>" + _table(pd.DataFrame(gains))
     return out

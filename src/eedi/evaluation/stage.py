@@ -14,13 +14,14 @@ import numpy as np
 
 from eedi.config import Config
 from eedi.errors import MissingInputError
+from eedi.evaluation.metrics import format_mix
 from eedi.evaluation.report import build_report
 from eedi.fileio import read_json, update_json
 from eedi.layout import RunLayout, model_name
 
 log = logging.getLogger(__name__)
 
-HEADLINE = ("map@25", "recall@25", "map@25_seen", "map@25_unseen")
+HEADLINE = ("map@25_mix", "map@25", "recall@25", "map@25_seen", "map@25_unseen")
 
 
 def average_folds(metrics: dict, folds: list[int]) -> dict[str, dict[str, float]]:
@@ -53,7 +54,13 @@ def run(config: Config) -> dict:
     update_json(layout.metrics, {"mean": mean})
     report = build_report(layout.root)
     for model, values in mean.items():
-        log.info("mean over folds %s: %-20s MAP@25 %.4f", config.folds.use, model, values.get("map@25", float("nan")))
+        log.info(
+            "mean over folds %s: %-20s MAP@25 (mix) %s, MAP@25 %.4f",
+            config.folds.use,
+            model,
+            format_mix(values),
+            values.get("map@25", float("nan")),
+        )
     log.info("report: %s", report)
     return {
         "mean": {m: {k: v for k, v in vals.items() if k in HEADLINE} for m, vals in mean.items()},

@@ -74,13 +74,18 @@ def stage_headline(name: str, summary: Mapping[str, Any]) -> str:
         return f"val MAP@25 {figures}" if figures else "trained"
     if name == "index":
         folds = [(k, v) for k, v in s.items() if k.startswith("fold_") and isinstance(v, Mapping)]
-        text = "  ".join(f"{k} MAP@25 {_f(v.get('map@25'))} recall@25 {_f(v.get('recall@25'))}" for k, v in folds)
+        text = "  ".join(
+            f"{k} MAP@25 (mix) {_f(v.get('map@25_mix'))} MAP@25 {_f(v.get('map@25'))}"
+            f" recall@25 {_f(v.get('recall@25'))}"
+            for k, v in folds
+        )
         return text + (f"  test: {s['test_candidates']}" if s.get("test_candidates") else "")
     if name == "train-reranker":
         folds = s.get("folds", {})
         return (
             "  ".join(
-                f"{k} MAP@25 {_f(v.get('retriever_map@25'))} -> {_f(v.get('reranker_map@25'))}"
+                f"{k} MAP@25 (mix) {_f(v.get('retriever_map@25_mix'))} -> {_f(v.get('reranker_map@25_mix'))}"
+                f"  MAP@25 {_f(v.get('retriever_map@25'))} -> {_f(v.get('reranker_map@25'))}"
                 for k, v in folds.items()
             )
             or "trained"
@@ -89,10 +94,12 @@ def stage_headline(name: str, summary: Mapping[str, Any]) -> str:
         if s.get("enabled") is False:
             return "disabled (quantize.enabled=false)"
         models = [(k, v) for k, v in s.items() if isinstance(v, Mapping) and "map@25" in v]
-        return "  ".join(f"{k} MAP@25 {_f(v['map@25'])}" for k, v in models)
+        return "  ".join(f"{k} MAP@25 (mix) {_f(v.get('map@25_mix'))} MAP@25 {_f(v['map@25'])}" for k, v in models)
     if name == "evaluate":
         mean = s.get("mean", {})
-        return "mean " + "  ".join(f"{m} MAP@25 {_f(v.get('map@25'))}" for m, v in mean.items())
+        return "mean " + "  ".join(
+            f"{m} MAP@25 (mix) {_f(v.get('map@25_mix'))} MAP@25 {_f(v.get('map@25'))}" for m, v in mean.items()
+        )
     if name == "infer":
         if not s.get("submission"):
             return s.get("reason", "no submission")

@@ -75,7 +75,7 @@ def measure(
     )
     scorer = TimedScorer(engine)
     reranked = rerank(config, model_dir, candidates, pairs, misconceptions, scorer=scorer)
-    metrics = fold_metrics(reranked, pairs, "final_rank", seen)
+    metrics = fold_metrics(reranked, pairs, "final_rank", seen, config.evaluation.unseen_share)
     metrics.update(
         windows=scorer.windows,
         seconds_per_window=scorer.seconds / max(scorer.windows, 1),

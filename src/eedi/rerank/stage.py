@@ -35,7 +35,7 @@ from eedi.data.artifacts import load_folds, load_misconceptions, load_pairs
 from eedi.data.folds import train_val_split
 from eedi.data.schema import RERANKED_COLUMNS
 from eedi.errors import DataError
-from eedi.evaluation.metrics import fold_metrics
+from eedi.evaluation.metrics import fold_metrics, format_mix
 from eedi.fileio import update_json, write_parquet
 from eedi.layout import FULL, RunLayout, model_name
 from eedi.manifest import fingerprint
@@ -78,12 +78,14 @@ def run(config: Config) -> dict:
         )
         write_parquet(layout.reranked(name), reranked[RERANKED_COLUMNS])
         seen = set(train_val_split(pairs, folds, k)[0]["MisconceptionId"].astype(int))
-        metrics = fold_metrics(reranked, pairs, "final_rank", seen)
-        retriever = fold_metrics(val_part, pairs, "rank", seen)
+        metrics = fold_metrics(reranked, pairs, "final_rank", seen, config.evaluation.unseen_share)
+        retriever = fold_metrics(val_part, pairs, "rank", seen, config.evaluation.unseen_share)
         update_json(layout.metrics, {name: {"reranker": metrics}})
         log.info(
-            "fold %d: MAP@25 retriever %.4f -> reranker %.4f (%d val pairs)",
+            "fold %d: MAP@25 (mix) retriever %s -> reranker %s; MAP@25 retriever %.4f -> reranker %.4f (%d val pairs)",
             k,
+            format_mix(retriever),
+            format_mix(metrics),
             retriever["map@25"],
             metrics["map@25"],
             metrics["n"],
@@ -92,6 +94,8 @@ def run(config: Config) -> dict:
             "retriever_map@25": retriever["map@25"],
             "reranker_map@25": metrics["map@25"],
             "reranker_map@25_unseen": metrics.get("map@25_unseen"),
+            "retriever_map@25_mix": retriever.get("map@25_mix"),
+            "reranker_map@25_mix": metrics.get("map@25_mix"),
             "train": fit,
         }
     if config.folds.full_fit:

@@ -11,7 +11,7 @@ import pandas as pd
 from eedi.config import Config
 from eedi.data.folds import train_val_split
 from eedi.errors import ConfigError, MissingInputError
-from eedi.evaluation.metrics import ranking_metrics
+from eedi.evaluation.metrics import format_mix, ranking_metrics
 from eedi.fileio import update_json, write_parquet
 from eedi.layout import FULL, TEST, RunLayout, model_name
 from eedi.retrieval.model import encode_corpus, encode_queries, load_encoder
@@ -47,12 +47,15 @@ def index_fold(
         candidates_frame(train["QuestionId_Answer"].tolist(), train_scores, train_ids, fold, "train"),
     ]
     actual = val["MisconceptionId"].astype(int).tolist()
-    metrics = ranking_metrics(actual, val_ids.tolist(), seen=[a in seen for a in actual])
+    metrics = ranking_metrics(
+        actual, val_ids.tolist(), seen=[a in seen for a in actual], unseen_share=config.evaluation.unseen_share
+    )
     write_parquet(layout.candidates(name), pd.concat(parts, ignore_index=True))
     update_json(layout.metrics, {name: {"retriever": metrics}})
     log.info(
-        "fold %d: retriever MAP@25 %.4f, recall@25 %.4f (%d val pairs)",
+        "fold %d: retriever MAP@25 (mix) %s, MAP@25 %.4f, recall@25 %.4f (%d val pairs)",
         fold,
+        format_mix(metrics),
         metrics["map@25"],
         metrics["recall@25"],
         metrics["n"],

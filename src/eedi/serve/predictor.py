@@ -37,6 +37,8 @@ from eedi.data.schema import PAIR_COLUMNS
 from eedi.data.submission import build_submission, validate_submission
 from eedi.errors import ConfigError, DataError, EediError
 from eedi.evaluation.metrics import candidates_to_lists
+from eedi.evaluation.summary import validation_headline
+from eedi.fileio import read_json
 from eedi.layout import RunLayout
 from eedi.rerank.schemes import rerank as rerank_candidates
 from eedi.rerank.scoring import make_scorer
@@ -337,6 +339,7 @@ class Predictor:
             "misconceptions": len(self.misconceptions),
             "max_top_k": self.top_k,
             "load_seconds": self.load_seconds,
+            "validation": validation_headline(read_json(RunLayout(self.run.run_dir).metrics, default={}) or {}),
         }
 
     def close(self) -> None:

@@ -84,7 +84,13 @@ async function loadHealth() {
   try {
     const health = await (await api("/healthz")).json();
     const reranker = health.reranker ? `reranker ${health.reranker} (${health.reranker_backend})` : "no reranker";
+    const v = health.validation;
+    const validation = v && v["map@25_mix"] != null
+      ? ` · validation MAP@25 (mix) ${v["map@25_mix"].toFixed(3)} (seen ${v["map@25_seen"].toFixed(3)}, ` +
+        `unseen ${v["map@25_unseen"].toFixed(3)}, all ${v["map@25"].toFixed(3)})`
+      : " · no validation folds";
     $("health").textContent = `run ${health.run_id} · ${health.misconceptions} misconceptions · ${reranker}` +
+      validation +
       ` · ${health.labels} label(s)` + (health.katex ? "" : " · KaTeX not bundled: LaTeX shown as typed");
     $("rerank").disabled = !health.reranker;
     if (!health.reranker) $("rerank").checked = false;
