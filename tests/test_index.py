@@ -252,3 +252,51 @@ def test_unseen_prior_lifts_every_unseen_misconception_and_zero_is_plain_cosine(
     )
     zero_shot = CandidateRetriever(model, misconceptions, _config(unseen_boost=0.5, knn_weight=0.5, top_k=10), None)
     np.testing.assert_array_equal(zero_shot.search(new["QueryText"].tolist())[1], plain_ids)
+
+
+# --------------------------------------------------------------------------- calibration to a test mix
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_calibrated_boost_puts_that_share_of_unseen_misconceptions_first(share):
+    from eedi.retrieval.search import calibrate_unseen_boost
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(40, 30)).astype(np.float32)
+    unseen = (np.arange(30) % 3 == 0).astype(np.float32)
+    boost = calibrate_unseen_boost(scores, unseen, share)
+    top1_unseen = unseen[np.argmax(scores + boost * unseen, axis=1)]
+    assert top1_unseen.mean() == pytest.approx(round(share * 40) / 40)
+
+
+def test_calibration_without_unseen_or_seen_misconceptions_is_no_boost_and_bad_share_is_an_error():
+    from eedi.retrieval.search import calibrate_unseen_boost
+
+    scores = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert calibrate_unseen_boost(scores, np.zeros(4), 0.75) == 0.0
+    assert calibrate_unseen_boost(scores, np.ones(4), 0.75) == 0.0
+    # hand-computed: gaps (best seen - best unseen) are 3 in every row: any share in (0, 1) needs b = 3
+    assert calibrate_unseen_boost(scores, np.array([1, 0, 0, 0]), 1.0) == pytest.approx(3.0 + 1e-4)
+    with pytest.raises(ValueError, match="top1_share"):
+        calibrate_unseen_boost(scores, np.array([1, 0, 0, 0]), 1.2)
+
+
+def test_calibrated_search_hits_the_share_and_equals_the_fixed_boost_it_found(small_retrieval):
+    """At predict time the retriever finds the boost without labels; ranking with that boost fixed (the FAISS
+    path with label memory) gives the same lists: the dense calibrated path is exact."""
+    from eedi.retrieval.search import CandidateRetriever
+
+    model, misconceptions, train, new = small_retrieval
+    cfg = _config(knn_weight=0.4, top_k=10, knn_neighbours=40)
+    retriever = CandidateRetriever(model, misconceptions, cfg, train)
+    seen = set(train["MisconceptionId"].astype(int))
+    queries = new["QueryText"].tolist()
+    for share in (0.25, 0.75):
+        scores, ids = retriever.search(queries, unseen_top1_share=share)
+        unseen_first = np.mean([int(m) not in seen for m in ids[:, 0]])
+        assert unseen_first == pytest.approx(round(share * len(queries)) / len(queries))
+        fixed = CandidateRetriever(model, misconceptions, _config(knn_weight=0.4, top_k=10, knn_neighbours=40), train)
+        fixed.set_unseen_boost(retriever.calibrated_boost)
+        fixed_scores, fixed_ids = fixed.search(queries)
+        np.testing.assert_array_equal(ids, fixed_ids)
+        np.testing.assert_allclose(scores, fixed_scores, atol=1e-5)

@@ -15,7 +15,13 @@ from eedi.evaluation.metrics import format_mix, ranking_metrics
 from eedi.fileio import update_json, write_parquet
 from eedi.layout import FULL, TEST, RunLayout, model_name
 from eedi.retrieval.model import encode_corpus, encode_queries, load_encoder
-from eedi.retrieval.search import CandidateRetriever, candidates_frame, top_k_from_scores, unseen_prior
+from eedi.retrieval.search import (
+    CandidateRetriever,
+    calibrate_unseen_boost,
+    candidates_frame,
+    top_k_from_scores,
+    unseen_prior,
+)
 from eedi.runtime import resolve
 
 log = logging.getLogger(__name__)
@@ -63,8 +69,16 @@ def index_fold(
     return metrics
 
 
-def test_candidates(config: Config, test: pd.DataFrame, misconceptions: pd.DataFrame, labelled: pd.DataFrame) -> str:
-    """candidates/test.parquet from the full-fit model, else the fold models' mean cosine. Returns the source.
+# The index stage's summary key for the unseen boost its test candidates used (calibrated on them when
+# index.unseen_top1_share is set): serve applies it to single requests, which are too few to calibrate on.
+TEST_UNSEEN_BOOST = "test_unseen_boost"
+
+
+def test_candidates(
+    config: Config, test: pd.DataFrame, misconceptions: pd.DataFrame, labelled: pd.DataFrame
+) -> tuple[str, float]:
+    """candidates/test.parquet from the full-fit model, else the fold models' mean cosine. Returns the source
+    and the unseen boost used (``index.unseen_boost``, or calibrated on the test rows: ``index.unseen_top1_share``).
 
     ``labelled``: every labelled training pair (the full-fit model's training rows: prior and label memory)."""
     layout = RunLayout(config.run_dir)
@@ -75,7 +89,8 @@ def test_candidates(config: Config, test: pd.DataFrame, misconceptions: pd.DataF
             load_encoder(_fold_model(layout, FULL), placement), misconceptions, config, labelled
         )
         retriever.index.save(layout.index(FULL))
-        scores, ids = retriever.search(queries)
+        scores, ids = retriever.search(queries, unseen_top1_share=config.index.unseen_top1_share)
+        boost = config.index.unseen_boost if retriever.calibrated_boost is None else retriever.calibrated_boost
         source = FULL
     else:
         # Cosine scores of different fold models are on one scale (all unit vectors), so their mean is a
@@ -88,11 +103,20 @@ def test_candidates(config: Config, test: pd.DataFrame, misconceptions: pd.DataF
         for fold in config.folds.use:
             model = load_encoder(_fold_model(layout, model_name(fold)), placement)
             total += encode_queries(model, queries, batch) @ encode_corpus(model, texts, batch).T
-        seen = labelled["MisconceptionId"].astype(int)
-        total = total / len(config.folds.use) + unseen_prior(corpus_ids, seen, config.index.unseen_boost)
-        scores, ids = top_k_from_scores(total, corpus_ids, config.index.top_k)
+        unseen = unseen_prior(corpus_ids, labelled["MisconceptionId"].astype(int), 1.0)
+        total /= len(config.folds.use)
+        share = config.index.unseen_top1_share
+        boost = config.index.unseen_boost if share is None else calibrate_unseen_boost(total, unseen, share)
+        scores, ids = top_k_from_scores(total + boost * unseen, corpus_ids, config.index.top_k)
         source = "mean of folds " + ",".join(map(str, config.folds.use))
     write_parquet(
         layout.candidates(TEST), candidates_frame(test["QuestionId_Answer"].tolist(), scores, ids, -1, "test")
     )
-    return source
+    if config.index.unseen_top1_share is not None:
+        log.info(
+            "test: unseen boost %.4f puts an unseen misconception first for %.0f %% of %d rows",
+            boost,
+            100 * config.index.unseen_top1_share,
+            len(queries),
+        )
+    return source, float(boost)

@@ -55,7 +55,7 @@ from __future__ import annotations
 from eedi.config import Config
 from eedi.data.artifacts import load_folds, load_misconceptions, load_pairs
 from eedi.layout import model_name
-from eedi.retrieval.indexing import index_fold, test_candidates
+from eedi.retrieval.indexing import TEST_UNSEEN_BOOST, index_fold, test_candidates
 from eedi.retrieval.model import backbone_config
 from eedi.retrieval.train import train_fold
 
@@ -74,9 +74,9 @@ def index(config: Config) -> dict:
     summary: dict = {}
     for fold in config.folds.use:
         metrics = index_fold(config, fold, pairs, folds, misconceptions)
-        summary[model_name(fold)] = {k: metrics[k] for k in ("map@25", "recall@25", "n")}
+        summary[model_name(fold)] = {k: metrics[k] for k in ("map@25_mix", "map@25", "recall@25", "n") if k in metrics}
     test = pairs[pairs["split"] == "test"]
     if len(test):
         labelled = pairs[(pairs["split"] == "train") & pairs["MisconceptionId"].notna()]
-        summary["test_candidates"] = test_candidates(config, test, misconceptions, labelled)
+        summary["test_candidates"], summary[TEST_UNSEEN_BOOST] = test_candidates(config, test, misconceptions, labelled)
     return summary

@@ -42,6 +42,7 @@ from eedi.fileio import read_json
 from eedi.layout import RunLayout
 from eedi.rerank.schemes import rerank as rerank_candidates
 from eedi.rerank.scoring import make_scorer
+from eedi.retrieval.indexing import TEST_UNSEEN_BOOST
 from eedi.retrieval.model import load_encoder, trained_retriever
 from eedi.retrieval.search import CandidateRetriever, candidates_frame
 from eedi.runtime import resolve
@@ -169,6 +170,8 @@ class Predictor:
         self.retriever = CandidateRetriever(
             load_encoder(self.retriever_path, placement), self.misconceptions, self.config, labelled
         )
+        self.unseen_boost = self._run_unseen_boost()
+        self.retriever.set_unseen_boost(self.unseen_boost)
         self.top_k = min(self.config.index.top_k, len(self.misconceptions))
         self.reranker_name: str | None = None
         self.reranker_path: Path | None = None
@@ -214,12 +217,30 @@ class Predictor:
         """pairs.parquet-shaped rows, one per item, keyed ``item{i}``, with the run's query text."""
         return pd.DataFrame(served_pairs(items, self.config.data.query_template), columns=PAIR_COLUMNS)
 
-    def _rank(self, pairs: pd.DataFrame, rerank: bool) -> pd.DataFrame:
-        """Long table: QuestionId_Answer, final_rank (0-based), MisconceptionId, score, reranker_score, final_score."""
+    def _run_unseen_boost(self) -> float:
+        """The unseen boost for single requests: with ``index.unseen_top1_share``, the one the index stage
+        calibrated on the run's test rows (a few requests are too few to calibrate on), else ``index.unseen_boost``."""
+        if self.config.index.unseen_top1_share is None:
+            return self.config.index.unseen_boost
+        manifest = read_json(RunLayout(self.run_dir).manifest, default={}) or {}
+        boost = manifest.get("stages", {}).get("index", {}).get("summary", {}).get(TEST_UNSEEN_BOOST)
+        if boost is None:
+            log.warning(
+                "index.unseen_top1_share is set but the run's index stage calibrated no boost (no test rows): "
+                "single requests use index.unseen_boost=%s",
+                self.config.index.unseen_boost,
+            )
+            return self.config.index.unseen_boost
+        return float(boost)
+
+    def _rank(self, pairs: pd.DataFrame, rerank: bool, calibrate: bool = False) -> pd.DataFrame:
+        """Long table: QuestionId_Answer, final_rank (0-based), MisconceptionId, score, reranker_score, final_score.
+        ``calibrate``: a whole test set, on which the unseen boost is calibrated (``index.unseen_top1_share``)."""
 
         keys = pairs["QuestionId_Answer"].tolist()
+        share = self.config.index.unseen_top1_share if calibrate else None
         with self._lock:
-            scores, ids = self.retriever.search(pairs["QueryText"].tolist())
+            scores, ids = self.retriever.search(pairs["QueryText"].tolist(), unseen_top1_share=share)
             candidates = candidates_frame(keys, scores, ids, -1, "serve")
             if not rerank:
                 return candidates.assign(
@@ -318,7 +339,7 @@ class Predictor:
         if max_questions is not None and len(test) > max_questions:
             raise DataError("test.csv", f"{len(test)} questions: this server takes at most {max_questions} per upload")
         pairs = pivot_pairs(test, "test", self.config.data.query_template)
-        ranked = self._rank(pairs, self.resolve_rerank(rerank))
+        ranked = self._rank(pairs, self.resolve_rerank(rerank), calibrate=True)
         lists = candidates_to_lists(ranked.assign(rank=ranked["final_rank"]))
         submission = build_submission(lists, pairs)
         validate_submission(submission, None, None, known_ids=self.names.keys())
@@ -339,6 +360,7 @@ class Predictor:
             "misconceptions": len(self.misconceptions),
             "max_top_k": self.top_k,
             "load_seconds": self.load_seconds,
+            "unseen_boost": self.unseen_boost,
             "validation": validation_headline(read_json(RunLayout(self.run.run_dir).metrics, default={}) or {}),
         }
 

@@ -106,7 +106,9 @@ def predict(
     placement = resolve(config.runtime)
     retriever = load_encoder(package_dir / "retriever", placement)
     labelled = pairs[(pairs["split"] == "train") & pairs["MisconceptionId"].notna()]
-    scores, ids = CandidateRetriever(retriever, misconceptions, config, labelled).search(test["QueryText"].tolist())
+    scores, ids = CandidateRetriever(retriever, misconceptions, config, labelled).search(
+        test["QueryText"].tolist(), unseen_top1_share=config.index.unseen_top1_share
+    )
     del retriever  # free its memory before the reranker loads
     candidates = candidates_frame(test["QuestionId_Answer"].tolist(), scores, ids, -1, "test")
     if not config.reranker.enabled:
