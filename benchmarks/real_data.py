@@ -48,7 +48,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-HEADLINE = ("map@25", "recall@1", "recall@5", "recall@25", "recall@100", "map@25_seen", "map@25_unseen")
+HEADLINE = ("map@25_mix", "map@25", "map@25_seen", "map@25_unseen", "recall@1", "recall@5", "recall@25", "recall@100")
+# Two kinds of fold, each measured in one run: question-grouped folds (about a quarter of the validation pairs
+# carry a misconception unseen in training) and folds.mode=unseen folds (folds.unseen_share=0.3 of the
+# misconceptions held out of training: 51-60 % unseen validation pairs in folds 0-2), closer to the
+# competition's test set (about 3 unseen pairs to 1 seen).
+FOLD_KINDS = ("group", "unseen")
 BASELINES = ("tfidf", "minilm-zero-shot", "mnrl")
 # name -> (stages, overrides on top of the benchmark's config). "ours" is the config as it is.
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -169,6 +174,88 @@ def run_ablations(
     return out
 
 
+# --------------------------------------------------------------------------- retrieval-time levers
+
+# Fixed unseen boosts, and zero-shot fusion for unseen candidates: the fine-tuned model has moved the seen
+# misconceptions only, so an unseen one is scored by (1 - beta) x fine-tuned cosine + beta x the backbone's own
+# zero-shot cosine, plus the boost.
+BOOSTS = (0.0, 0.03, 0.06, 0.09, 0.12, 0.15, 0.2)
+FUSION = tuple((beta, boost) for beta in (0.25, 0.5, 0.75) for boost in (0.06, 0.12))
+# Label-free calibration (index.unseen_top1_share) is measured on validation sets composed like the test.
+TOP1_SHARES = (0.5, 0.6, 0.75)
+SUBSET_SEEDS = (0, 1, 2)
+
+
+def test_like_subsets(val, seen_ids: set[int]) -> dict[str, np.ndarray]:
+    """Row indices of ``val`` composed like the competition's test: every unseen pair plus seen pairs sampled
+    down to 1 seen : 3 unseen (one subset per seed), and the rows of the questions that carry an unseen
+    misconception (all their wrong answers)."""
+    labels = val["MisconceptionId"].astype(int).to_numpy()
+    unseen_rows = np.flatnonzero(~np.isin(labels, list(seen_ids)))
+    seen_rows = np.flatnonzero(np.isin(labels, list(seen_ids)))
+    out = {}
+    for seed in SUBSET_SEEDS:
+        take = min(len(seen_rows), len(unseen_rows) // 3)
+        sampled = np.random.default_rng(seed).choice(seen_rows, size=take, replace=False)
+        out[f"1:3 seed {seed}"] = np.sort(np.concatenate([unseen_rows, sampled]))
+    questions = set(val["QuestionId"].to_numpy()[unseen_rows].tolist())
+    out["questions with an unseen label"] = np.flatnonzero(val["QuestionId"].isin(questions).to_numpy())
+    return out
+
+
+def run_levers(cfg_path: str, overrides: list[str], run_dir: Path, folds: list[int]) -> tuple[dict, dict]:
+    """Over the fold models of ``run_dir``: per-fold metrics of each fixed boost and fusion setting (systems),
+    and on the test-like subsets the fixed ``index.unseen_boost`` against label-free calibration."""
+    from eedi.config import RuntimeConfig, load_config
+    from eedi.data.artifacts import load_folds, load_misconceptions, load_pairs
+    from eedi.data.folds import train_val_split
+    from eedi.layout import RunLayout, model_name
+    from eedi.retrieval.model import build_model, encode_corpus, encode_queries, load_encoder
+    from eedi.retrieval.search import CandidateRetriever, calibrate_unseen_boost, top_k_from_scores
+    from eedi.runtime import resolve
+
+    placement = resolve(RuntimeConfig(device="cpu", dtype="float32"))
+    cfg = load_config(REPO / cfg_path, [*overrides, "index.top_k=100"])
+    pairs, fold_table, misconceptions = load_pairs(run_dir), load_folds(run_dir), load_misconceptions(run_dir)
+    names, batch = misconceptions["MisconceptionName"].tolist(), cfg.retriever.encode_batch_size
+    corpus_ids = misconceptions["MisconceptionId"].to_numpy(np.int64)
+    zero_shot = build_model(cfg.retriever, placement, trainable=False)
+    zero_shot_docs = encode_corpus(zero_shot, names, batch)
+    systems: dict[str, dict] = {}
+    calibration: dict[str, dict] = {}
+
+    def ranked(scores: np.ndarray) -> np.ndarray:
+        return top_k_from_scores(scores, corpus_ids, 100)[1]
+
+    for fold in folds:
+        train, val = train_val_split(pairs, fold_table, fold)
+        model = load_encoder(RunLayout(run_dir).retriever_model(model_name(fold)), placement)
+        retriever = CandidateRetriever(model, misconceptions, cfg, train)
+        queries = encode_queries(model, val["QueryText"].tolist(), batch)
+        dense, unseen = retriever.dense_scores(queries), retriever.unseen
+        fine_tuned_cos = queries @ retriever.documents.T
+        zero_shot_cos = encode_queries(zero_shot, val["QueryText"].tolist(), batch) @ zero_shot_docs.T
+        actual = val["MisconceptionId"].astype(int).tolist()
+        seen = set(train["MisconceptionId"].astype(int))
+        settings = {f"ours boost {b:g}": dense + b * unseen for b in BOOSTS}
+        for beta, b in FUSION:
+            fused = dense + unseen * (beta * (zero_shot_cos - fine_tuned_cos) + b)
+            settings[f"ours zero-shot fusion beta {beta:g} boost {b:g}"] = fused
+        for name, scores in settings.items():
+            systems.setdefault(name, {})[f"fold_{fold}"] = metrics_block(actual, ranked(scores), seen)
+        for subset, rows in test_like_subsets(val, seen).items():
+            sub_actual = [actual[i] for i in rows]
+            rules = {"fixed index.unseen_boost": cfg.index.unseen_boost}
+            for share in TOP1_SHARES:
+                rules[f"calibrated unseen_top1_share {share:g}"] = calibrate_unseen_boost(dense[rows], unseen, share)
+            for rule, boost in rules.items():
+                block = metrics_block(sub_actual, ranked(dense[rows] + boost * unseen), seen)
+                block["boost"] = round(float(boost), 4)
+                calibration.setdefault(rule, {}).setdefault(subset, {})[f"fold_{fold}"] = block
+        logging.info("fold %d: levers measured", fold)
+    return systems, calibration
+
+
 def train_mnrl(cfg, train, corpus_ids, corpus_texts, out_dir: Path):
     """The plain recipe a user would pick: MNRL on (query, positive) pairs, no duplicates in a batch."""
     from datasets import Dataset
@@ -255,10 +342,32 @@ def run_baselines(cfg, run_dir: Path, folds: list[int], systems: list[str], work
 # --------------------------------------------------------------------------- the pipeline
 
 
-def run_variant(name: str, config: str, overrides: list[str], folds: list[int], work: Path) -> dict:
-    """The pipeline's stages for one variant, each in its own process; metrics from its metrics.json."""
+def _reusable(run_dir: Path, folds: list[int], key: str) -> bool:
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        return False
+    metrics = json.loads(metrics_path.read_text())
+    return all(key in metrics.get(f"fold_{fold}", {}) for fold in folds)
+
+
+def run_variant(
+    name: str, config: str, overrides: list[str], folds: list[int], work: Path, reuse: bool = False
+) -> dict:
+    """The pipeline's stages for one variant, each in its own process; metrics from its metrics.json.
+    ``reuse``: a run directory that already holds every fold's metrics (and so its models) is not retrained;
+    its stage times are then the wall seconds its manifest recorded."""
     stages, extra = VARIANTS[name]
     run_dir = work / name
+    key = "reranker" if "train-reranker" in stages else "retriever"
+    if reuse and _reusable(run_dir, folds, key):
+        logging.info("%s: reusing %s", name, run_dir)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        wall = {s: manifest["stages"][s]["seconds"] for s in stages if s in manifest.get("stages", {})}
+        out = {f"fold_{fold}": dict(metrics[f"fold_{fold}"][key]) for fold in folds}
+        for block in out.values():
+            block["wall_seconds"] = round(sum(wall.values()) / len(folds), 1)
+        return {"folds": out, "stage_wall_seconds": wall, "reused": True}
     args = [
         "--config",
         config,
@@ -289,7 +398,6 @@ def run_variant(name: str, config: str, overrides: list[str], folds: list[int], 
         stage_cpu[stage] = round(children_cpu_seconds() - cpu0, 1)
         stage_wall[stage] = round(time.perf_counter() - t0, 1)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    key = "reranker" if "train-reranker" in stages else "retriever"
     out = {}
     for fold in folds:
         block = dict(metrics[f"fold_{fold}"][key])
@@ -306,7 +414,7 @@ def run_variant(name: str, config: str, overrides: list[str], folds: list[int], 
 
 def aggregate(per_fold: dict[str, dict]) -> dict:
     out = {}
-    for key in (*HEADLINE, "cpu_seconds"):
+    for key in (*HEADLINE, "cpu_seconds", "wall_seconds", "boost"):
         values = [b[key] for b in per_fold.values() if key in b]
         if values:
             out[key] = {
@@ -318,68 +426,121 @@ def aggregate(per_fold: dict[str, dict]) -> dict:
     return out
 
 
+def _cell(agg: dict, key: str) -> str:
+    return f"{agg[key]['mean']:.3f} ± {agg[key]['std']:.3f}" if key in agg else "–"
+
+
+def system_table(systems: dict) -> list[str]:
+    lines = [
+        "| system | MAP@25 (mix) | MAP@25 | seen | unseen | recall@1 | recall@5 | recall@25 | recall@100 "
+        "| CPU s / fold |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, system in systems.items():
+        agg = system["mean"]
+        cpu = agg.get("cpu_seconds", {}).get("mean")
+        if cpu is None and "wall_seconds" in agg:
+            cost = f"{agg['wall_seconds']['mean']:.0f} wall"
+        else:
+            cost = f"{cpu:.0f}" if cpu is not None else "–"
+        lines.append(f"| {name} | " + " | ".join(_cell(agg, k) for k in HEADLINE) + f" | {cost} |")
+    return lines
+
+
+def lever_lines(record: dict) -> list[str]:
+    """Every lever's mix on both kinds of fold side by side; the best on one kind checked on the other."""
+    kinds = [k for k in FOLD_KINDS if k in record["kinds"] and record["kinds"][k].get("levers")]
+    if not kinds:
+        return []
+    names = list(record["kinds"][kinds[0]]["levers"])
+    lines = [
+        "",
+        "Retrieval-time levers over the same fold models (MAP@25 (mix) / seen / unseen, mean ± std over folds):",
+        "",
+        "| lever | " + " | ".join(f"{k} folds: mix | seen | unseen" for k in kinds) + " |",
+        "|---|" + "---|---|---|" * len(kinds),
+    ]
+    for name in names:
+        cells = []
+        for kind in kinds:
+            agg = record["kinds"][kind]["levers"][name]["mean"]
+            cells += [_cell(agg, "map@25_mix"), _cell(agg, "map@25_seen"), _cell(agg, "map@25_unseen")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if len(kinds) == 2:
+        lines.append("")
+        for tuned, checked in (kinds, kinds[::-1]):
+            levers = {n: v for n, v in record["kinds"][tuned]["levers"].items() if "map@25_mix" in v["mean"]}
+            if not levers:
+                continue
+            best = max(levers, key=lambda n: levers[n]["mean"]["map@25_mix"]["mean"])
+            other = record["kinds"][checked]["levers"][best]["mean"]
+            lines.append(
+                f"* tuned on {tuned} folds: best `{best}` (mix {levers[best]['mean']['map@25_mix']['mean']:.3f}); "
+                f"checked on {checked} folds: mix {_cell(other, 'map@25_mix')}, unseen {_cell(other, 'map@25_unseen')}"
+            )
+    return lines
+
+
+def calibration_lines(record: dict) -> list[str]:
+    lines = []
+    for kind in FOLD_KINDS:
+        calibration = record["kinds"].get(kind, {}).get("calibration")
+        if not calibration:
+            continue
+        subsets = list(next(iter(calibration.values())))
+        lines += [
+            "",
+            f"Calibration on test-like subsets of the {kind} folds' validation pairs (plain MAP@25 on the subset, "
+            "whose composition is the test's; boost found, mean over folds):",
+            "",
+            "| rule | " + " | ".join(subsets) + " |",
+            "|---|" + "---|" * len(subsets),
+        ]
+        for rule, per_subset in calibration.items():
+            cells = []
+            for subset in subsets:
+                agg = per_subset[subset]["mean"]
+                cells.append(f"{_cell(agg, 'map@25')} (b {agg['boost']['mean']:.3f})")
+            lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(record: dict) -> str:
     lines = [
         f"Real-data cross-validation: `{record['data']}`, folds {record['folds']} of the project's "
-        f"{record['n_splits']}-fold GroupKFold by question, config `{record['config']}` "
-        f"{' '.join(record['overrides'])}".rstrip(),
-        f"({record['machine']}; CPU: {record['cpu']}). Mean ± sample std over the folds.",
-        "",
-        "| system | MAP@25 | recall@1 | recall@5 | recall@25 | recall@100 | MAP@25 seen | MAP@25 unseen "
-        "| CPU s / fold |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"{record['n_splits']}-fold split, config `{record['config']}` {' '.join(record['overrides'])}".rstrip(),
+        f"({record['machine']}; CPU: {record['cpu']}). Mean ± sample std over the folds. "
+        f"MAP@25 (mix) = {1 - record['unseen_share']:g} x seen + {record['unseen_share']:g} x unseen.",
     ]
-    for name, system in record["systems"].items():
-        agg = system["mean"]
-        cells = [f"{agg[k]['mean']:.3f} ± {agg[k]['std']:.3f}" if k in agg else "–" for k in HEADLINE]
-        cpu = agg.get("cpu_seconds", {}).get("mean")
-        lines.append(f"| {name} | " + " | ".join(cells) + (f" | {cpu:.0f} |" if cpu is not None else " | – |"))
-    stage_rows = [(n, s) for n, s in record["systems"].items() if "stage_cpu_seconds" in s]
-    if stage_rows:
-        lines += ["", "CPU seconds per pipeline stage (all folds together; wall seconds in brackets):", ""]
+    for kind, result in record["kinds"].items():
+        report = result.get("fold_report", {})
+        shares = ", ".join(f"{report[f]['unseen_share']:.2f}" for f in sorted(report) if f in report)
+        lines += ["", f"### {kind} folds (unseen share of validation pairs per fold: {shares})", ""]
+        lines += system_table(result["systems"])
+        stage_rows = [(n, s) for n, s in result["systems"].items() if "stage_wall_seconds" in s]
         for name, system in stage_rows:
-            parts = [
-                f"{stage} {cpu:.0f} ({system['stage_wall_seconds'][stage]:.0f})"
-                for stage, cpu in system["stage_cpu_seconds"].items()
-            ]
-            lines.append(f"* {name}: " + ", ".join(parts))
-    if "ratios" in record:
-        lines += ["", "Ratios (means over folds): " + ", ".join(f"{k} {v}" for k, v in record["ratios"].items())]
+            parts = [f"{stage} {wall:.0f}" for stage, wall in system["stage_wall_seconds"].items()]
+            lines.append(f"\n* {name}: wall seconds per stage, all folds: " + ", ".join(parts))
+    lines += lever_lines(record)
+    lines += calibration_lines(record)
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "eedi-dev"))
-    parser.add_argument("--config", default="configs/cpu-kaggle.yaml")
-    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--systems", nargs="+", default=[*BASELINES, "ours"], help=f"any of {[*BASELINES, *VARIANTS]}")
-    parser.add_argument("--work", default=str(REPO / "runs" / "bench-real"), help="run directories (git-ignored)")
-    parser.add_argument("--out", default=str(RESULTS / "real_data.json"))
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    unknown = [s for s in args.systems if s not in BASELINES and s not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown system(s) {unknown}; choose from {[*BASELINES, *VARIANTS]}")
-
+def run_kind(args, kind: str, overrides: list[str], work: Path) -> dict:
+    """Every system on one kind of fold: baselines, the pipeline's variants, the ablations and the levers."""
     from eedi.config import load_config
+    from eedi.data.folds import fold_report
     from eedi.pipeline.runner import run_stage
 
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    overrides = [f"data.dir={Path(args.data).resolve()}", *args.overrides]
+    overrides = [*overrides, f"folds.mode={kind}"]
     base_dir = work / "baselines"
     cfg = load_config(
         REPO / args.config, [*overrides, f"run_dir={base_dir}", f"folds.use={args.folds}", "folds.full_fit=false"]
     )
-    if cfg.runtime.num_threads:
-        import torch
-
-        torch.set_num_threads(cfg.runtime.num_threads)
     run_stage(cfg, "prepare", force=True)
-    started = time.time()
-    load_before = os.getloadavg()
+    from eedi.data.artifacts import load_folds, load_pairs
+
+    report = fold_report(load_pairs(base_dir), load_folds(base_dir))
     systems: dict[str, dict] = {}
     baselines, mnrl_models = run_baselines(cfg, base_dir, args.folds, args.systems, work)
     for name, per_fold in baselines.items():
@@ -392,16 +553,64 @@ def main() -> int:
         ).items():
             systems[name] = {"folds": per_fold}
         del mnrl_models
+    levers: dict[str, dict] = {}
+    calibration: dict[str, dict] = {}
     for name in args.systems:
         if name in VARIANTS:
-            systems[name] = run_variant(name, args.config, overrides, args.folds, work)
+            systems[name] = run_variant(name, args.config, overrides, args.folds, work, reuse=args.reuse)
             if name == "ours":
                 for ablation, per_fold in run_ablations(
                     "ours", args.config, fused_overrides, work / name, args.folds
                 ).items():
                     systems[ablation] = {"folds": per_fold}
-    for system in systems.values():
+                if not args.no_levers:
+                    lever_folds, calibration_folds = run_levers(args.config, overrides, work / name, args.folds)
+                    levers = {n: {"folds": f} for n, f in lever_folds.items()}
+                    calibration = {
+                        rule: {subset: {"folds": f} for subset, f in per_subset.items()}
+                        for rule, per_subset in calibration_folds.items()
+                    }
+    for system in [*systems.values(), *levers.values()]:
         system["mean"] = aggregate(system["folds"])
+    for per_subset in calibration.values():
+        for entry in per_subset.values():
+            entry["mean"] = aggregate(entry["folds"])
+    return {
+        "fold_report": {f"fold_{k}": report[f"fold_{k}"] for k in args.folds},
+        "systems": systems,
+        "levers": levers,
+        "calibration": calibration,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "eedi-dev"))
+    parser.add_argument("--config", default="configs/cpu-kaggle.yaml")
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--fold-kinds", nargs="+", default=list(FOLD_KINDS), choices=FOLD_KINDS)
+    parser.add_argument("--systems", nargs="+", default=[*BASELINES, "ours"], help=f"any of {[*BASELINES, *VARIANTS]}")
+    parser.add_argument("--work", default=str(REPO / "runs" / "bench-real"), help="run directories (git-ignored)")
+    parser.add_argument("--out", default=str(RESULTS / "real_data.json"))
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse a variant's fold models already in --work (no retraining)"
+    )
+    parser.add_argument("--no-levers", action="store_true", help="skip the retrieval-time levers and calibration")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    unknown = [s for s in args.systems if s not in BASELINES and s not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown system(s) {unknown}; choose from {[*BASELINES, *VARIANTS]}")
+
+    from eedi.config import load_config
+
+    cfg = load_config(REPO / args.config, [f"data.dir={Path(args.data).resolve()}", *args.overrides])
+    if cfg.runtime.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.runtime.num_threads)
+    started = time.time()
     record = {
         "data": str(args.data),
         "config": args.config,
@@ -410,18 +619,17 @@ def main() -> int:
         "n_splits": cfg.folds.n_splits,
         "epochs": cfg.retriever.epochs,
         "backbone": cfg.retriever.backbone,
-        "load_average_before": [round(x, 2) for x in load_before],
-        **machine_fields(started),
-        "systems": systems,
+        "unseen_share": cfg.evaluation.unseen_share,
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "kinds": {},
     }
-    if "mnrl" in systems:
-        mnrl = systems["mnrl"]["mean"]["map@25"]["mean"]
-        record["ratios"] = {
-            f"{name} / mnrl MAP@25": round(s["mean"]["map@25"]["mean"] / mnrl, 3)
-            for name, s in systems.items()
-            if name != "mnrl"
-        }
-    write_results(args.out, record, markdown(record))
+    for kind in args.fold_kinds:
+        work = Path(args.work) / kind
+        work.mkdir(parents=True, exist_ok=True)
+        overrides = [f"data.dir={Path(args.data).resolve()}", *args.overrides]
+        record["kinds"][kind] = run_kind(args, kind, overrides, work)
+        record.update(machine_fields(started))
+        write_results(args.out, record, markdown(record))  # after each kind: a partial run keeps what it measured
     return 0
 
 
