@@ -179,7 +179,7 @@ def run_ablations(
 # Fixed unseen boosts, and zero-shot fusion for unseen candidates: the fine-tuned model has moved the seen
 # misconceptions only, so an unseen one is scored by (1 - beta) x fine-tuned cosine + beta x the backbone's own
 # zero-shot cosine, plus the boost.
-BOOSTS = (0.0, 0.03, 0.06, 0.09, 0.12, 0.15, 0.2)
+BOOSTS = (0.0, 0.03, 0.06, 0.09, 0.12, 0.15, 0.2, 0.25, 0.3)
 FUSION = tuple((beta, boost) for beta in (0.25, 0.5, 0.75) for boost in (0.06, 0.12))
 # Label-free calibration (index.unseen_top1_share) is measured on validation sets composed like the test.
 TOP1_SHARES = (0.5, 0.6, 0.75)
