@@ -106,6 +106,19 @@ def test_two_ranks_reproduce_the_single_process_gradients_of_the_global_batch(
     torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, value.detach(), atol=1e-5, rtol=1e-5)
 
 
+def test_parameters_the_embedding_never_reads_are_frozen_for_ddp(minilm_path):
+    """MiniLM's pooler takes no part in the sentence embedding: under DDP it would never get a gradient and
+    the second step would fail ("Expected to have finished reduction in the prior iteration")."""
+    from eedi.config import RetrieverConfig
+    from eedi.retrieval.model import build_model, freeze_unused
+
+    model = build_model(RetrieverConfig(backbone=str(minilm_path), lora={"enabled": False}), CPU)
+    trainable = sum(p.requires_grad for p in model.parameters())
+    assert sorted(freeze_unused(model)) == ["0.model.pooler.dense.bias", "0.model.pooler.dense.weight"]
+    assert sum(p.requires_grad for p in model.parameters()) == trainable - 2
+    assert all(p.grad is None for p in model.parameters())
+
+
 # --------------------------------------------------------------------------- steps by world size
 
 
@@ -252,3 +265,56 @@ def test_eedi_run_puts_only_the_training_stages_under_torchrun():
     cfg = load_config(REPO / "configs" / "cpu.yaml", [])
     assert nproc_per_node(cfg) == max(1, torch.cuda.device_count())  # default: every visible GPU, 1 on a CPU
     assert nproc_per_node(load_config(REPO / "configs" / "cpu.yaml", ["runtime.nproc_per_node=3"])) == 3
+
+
+@pytest.mark.slow
+def test_eedi_run_trains_both_stages_on_two_gloo_processes(prepared_sample, tiny_qwen2_path, tmp_path):
+    """`eedi run` with runtime.nproc_per_node=2 starts train-retriever (GradCache on) and train-reranker under
+    torchrun: 2 CPU processes on gloo train each, rank 0 writes the models, the manifest and the metrics."""
+    import json
+
+    from test_retriever import fresh_run
+
+    run_dir = fresh_run(prepared_sample, tmp_path / "run")
+    overrides = [
+        f"run_dir={run_dir}",
+        "synthetic.enabled=false",
+        "synthetic.use=false",
+        "runtime.nproc_per_node=2",
+        "runtime.num_threads=1",
+        # the tiny random Qwen2 for both models: the index and the validation encodings take seconds, not minutes
+        f"retriever.backbone={tiny_qwen2_path}",
+        "retriever.max_length=64",
+        "retriever.gradient_cache=true",
+        "retriever.max_steps=4",
+        "retriever.batch_size=8",
+        "retriever.mini_batch_size=4",
+        "retriever.hard_negative_refresh_steps=2",
+        "retriever.save_steps=2",
+        f"reranker.backbone={tiny_qwen2_path}",
+        "reranker.lora.layers=null",
+        "reranker.max_train_windows=16",
+        "reranker.max_length=256",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    stages = "train-retriever,index,train-reranker"
+    command = [sys.executable, "-m", "eedi", "run", "--config", str(REPO / "configs" / "cpu.yaml"), "--stages", stages]
+    result = subprocess.run([*command, *overrides], capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+    logs = {s: (run_dir / "logs" / f"{s}.log").read_text() for s in ("train-retriever", "train-reranker")}
+    assert result.returncode == 0, result.stderr[-3000:] + logs["train-reranker"][-3000:]
+    for log_text in logs.values():
+        assert "torch.distributed.run --standalone --nproc_per_node 2 -m eedi" in log_text
+
+    retriever_log = [
+        json.loads(x) for x in (run_dir / "retriever" / "fold_0" / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert retriever_log[0]["world_size"] == 2 and retriever_log[-1]["step"] == 4
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for stage in ("train-retriever", "index", "train-reranker"):
+        assert manifest["stages"][stage]["status"] == "done", stage
+    fold = manifest["stages"]["train-reranker"]["summary"]["folds"]["fold_0"]
+    # 16 windows over 2 processes x batch 2: 4 optimizer steps (one process would take 8)
+    assert fold["train"]["processes"] == 2 and fold["train"]["steps"] == 4
+    assert 0.0 <= fold["reranker_map@25"] <= 1.0
+    assert (run_dir / "reranker" / "fold_0" / "merged" / "config.json").exists()
+    assert (run_dir / "reranked" / "fold_0.parquet").exists()

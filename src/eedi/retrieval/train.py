@@ -30,7 +30,7 @@ from eedi.layout import RunLayout, model_name
 from eedi.manifest import fingerprint
 from eedi.progress import TrainerProgress
 from eedi.retrieval.loss import HardNegativeInfoNCE
-from eedi.retrieval.model import build_model, encode_corpus, encode_queries
+from eedi.retrieval.model import build_model, encode_corpus, encode_queries, freeze_unused
 from eedi.retrieval.negatives import ContrastiveCollator, NegativeSampler
 from eedi.retrieval.search import top_k_from_scores
 from eedi.runtime import Placement, Processes, barrier, processes, resolve
@@ -239,6 +239,10 @@ def _fit(
     corpus_texts = misconceptions["MisconceptionName"].tolist()
     set_seed(config.seed)  # LoRA's initialisation draws from the global RNG: same seed, same starting adapter
     model = build_model(cfg, placement)
+    if procs.distributed:
+        frozen = freeze_unused(model)
+        if frozen:
+            log.info("frozen (no part in the embedding, which DDP cannot train): %s", frozen)
     sampler = NegativeSampler(
         corpus_ids, cfg.n_hard_negatives, cfg.hard_negative_ranks, cfg.n_random_negatives, seed=config.seed
     )
