@@ -17,6 +17,7 @@ from eedi.config import RetrieverConfig, RuntimeConfig
 from eedi.retrieval.loss import HardNegativeInfoNCE
 from eedi.retrieval.model import build_model
 from eedi.retrieval.negatives import ContrastiveCollator, NegativeSampler
+from eedi.retrieval.train import DDP_KWARGS
 from eedi.runtime import processes, resolve
 
 CORPUS_IDS = list(range(10, 24))
@@ -80,11 +81,10 @@ def gradients(model) -> torch.Tensor:
 
 
 def main(backbone: str, out: str, gradient_cache: bool) -> None:
-    procs = processes(resolve(RuntimeConfig(device="cpu", dtype="float32")), timeout_s=120)
+    procs = processes(resolve(RuntimeConfig(device="cpu", dtype="float32")), timeout_s=60)
     model, loss, sampler = model_and_loss(backbone, procs.placement, gradient_cache)
     model.train()
-    # As the Trainer wraps it (retrieval/train.py: ddp_find_unused_parameters=False).
-    loss.model = DistributedDataParallel(model, find_unused_parameters=False)
+    loss.model = DistributedDataParallel(model, **DDP_KWARGS)  # as the Trainer wraps it
     features, labels = batch(model, sampler, global_batch(range(4 * procs.rank, 4 * procs.rank + 4)))
     for _ in range(2):
         model.zero_grad()

@@ -75,6 +75,8 @@ def test_two_gloo_ranks_resolve_their_rank_and_device(tmp_path):
 # --------------------------------------------------------------------------- GradCache under DDP
 
 
+@pytest.mark.slow  # ~20 s each on 2 shared cores
+@pytest.mark.timeout(400)
 @pytest.mark.parametrize("gradient_cache", [True, False])
 def test_two_ranks_reproduce_the_single_process_gradients_of_the_global_batch(
     tiny_qwen2_path, tmp_path, gradient_cache

@@ -5,8 +5,8 @@ Under DDP (several training processes) every rank scores its own queries against
 ranks (gathered, duplicates across ranks counted once), so N ranks of batch b train exactly as one process
 with the global batch N x b would (tests/test_distributed.py). Every rank issues the same collectives per
 step whatever its number of documents or mini-batches: three all-gathers and one all-reduce for the
-documents, DDP's buffer broadcast at the step's first forward and its one gradient all-reduce
-(sentence-transformers' GradCache replays every mini-batch but the last under ``no_sync``).
+documents and DDP's one gradient all-reduce (sentence-transformers' GradCache replays every mini-batch but
+the last under ``no_sync``; DDP broadcasts no buffers, see ``DDP_KWARGS`` in retrieval/train.py).
 """
 
 from __future__ import annotations

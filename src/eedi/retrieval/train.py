@@ -168,6 +168,14 @@ class RetrieverTrainer(SentenceTransformerTrainer):
         super()._load_from_checkpoint(checkpoint_path)
 
 
+# How the Trainer wraps the bi-encoder in DistributedDataParallel. No buffer broadcasts: DDP would broadcast
+# the buffers (constants here: position ids, rotary frequencies) at every forward pass that follows one with
+# gradients, and each rank embeds its own number of document chunks, so the ranks would issue different
+# numbers of broadcasts and hang or mix up their collectives (tests/test_distributed.py). No search for
+# unused parameters: freeze_unused freezes them instead.
+DDP_KWARGS = {"broadcast_buffers": False, "find_unused_parameters": False}
+
+
 def schedule(cfg: RetrieverConfig, rows: int, world_size: int) -> dict[str, int]:
     """Optimizer steps of one fold's run: every step consumes batch_size x grad_accum rows on each of the
     ``world_size`` processes (the Trainer's DistributedSampler gives each rank 1/world_size of the rows), so
@@ -287,7 +295,8 @@ def _fit(
         disable_tqdm=True,  # TrainerProgress draws the bar on the console; the log dicts go to the stage log
         ddp_backend="gloo" if procs.distributed and not placement.is_cuda else None,
         ddp_timeout=config.runtime.ddp_timeout,
-        ddp_find_unused_parameters=False,
+        ddp_broadcast_buffers=DDP_KWARGS["broadcast_buffers"],
+        ddp_find_unused_parameters=DDP_KWARGS["find_unused_parameters"],
         dataloader_drop_last=False,
     )
     callback = EpochLog(
