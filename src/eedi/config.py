@@ -104,6 +104,13 @@ class RuntimeConfig(Section):
     process's affinity mask (``os.sched_getaffinity(0)``); n = the first n of them. vLLM's own default
     keeps one core back for its scheduler, which on a 2-core machine leaves one compute thread. A
     VLLM_CPU_OMP_THREADS_BIND or VLLM_CPU_NUM_OF_RESERVED_CPU set in the environment wins; no effect on CUDA."""
+    nproc_per_node: int | None = Field(None, ge=1)
+    """Processes per machine for the training stages (train-retriever, train-reranker): above 1, `eedi run`
+    starts each of them under torchrun (DDP, one process per GPU; gloo on CPU). None: every visible GPU (1 on a
+    CPU). Multi-node runs launch torchrun by hand (docs/distributed.md)."""
+    ddp_timeout: int = Field(7200, ge=60)
+    """Seconds a training process waits in a collective before it fails (the Trainer's ddp_timeout). Rank 0
+    evaluates and merges while the others wait, so it must cover the longest of those."""
 
 
 class InferConfig(Section):
@@ -245,6 +252,10 @@ class RerankerLoraSection(LoraSection):
     lowest adapted layer, which is what makes CPU training affordable."""
 
 
+# transformers' trainer_utils.FSDPOption: the words the Trainer's `fsdp` argument accepts.
+FSDP_OPTIONS = {"full_shard", "shard_grad_op", "no_shard", "hybrid_shard", "hybrid_shard_zero2", "offload", "auto_wrap"}
+
+
 class RerankerConfig(Section):
     """Stage ``train-reranker`` and the reranking inside evaluate/infer: a listwise LoRA causal LM that reads
     a window of candidates labelled A, B, C, ... and answers with the label of the right one."""
@@ -305,6 +316,35 @@ class RerankerConfig(Section):
     """Prompts per forward pass of the transformers backend."""
     tensor_parallel_size: int = Field(1, ge=1)
     """vllm backend: GPUs the reranker is sharded over."""
+    fsdp: str = ""
+    """Training across GPUs that the model does not fit one of: the Trainer's `fsdp` argument, e.g. "full_shard
+    auto_wrap" (PyTorch FSDP; ZeRO-3's equivalent). "": plain DDP (a full copy per GPU). Not with
+    load_in_4bit or deepspeed."""
+    fsdp_config: dict[str, Any] = Field(default_factory=dict)
+    """The Trainer's `fsdp_config` (e.g. {transformer_layer_cls_to_wrap: [Qwen2DecoderLayer]}); with fsdp only."""
+    deepspeed: Path | None = None
+    """DeepSpeed JSON config (e.g. ZeRO stage 3) for the Trainer's `deepspeed` argument; needs the deepspeed
+    package in the train environment (not installed by `make setup`). Not with fsdp."""
+
+    @model_validator(mode="after")
+    def _sharding_consistent(self) -> RerankerConfig:
+        unknown = sorted(set(self.fsdp.split()) - FSDP_OPTIONS)
+        if unknown:
+            raise ValueError(f"fsdp: unknown FSDP option(s) {unknown}; options: {sorted(FSDP_OPTIONS)}")
+        if self.fsdp and self.deepspeed is not None:
+            raise ValueError("fsdp and deepspeed both set: choose one way of sharding the reranker")
+        if self.fsdp_config and not self.fsdp:
+            raise ValueError("fsdp_config is set but fsdp is empty: set fsdp (e.g. 'full_shard auto_wrap')")
+        if (self.fsdp or self.deepspeed is not None) and self.load_in_4bit:
+            raise ValueError("load_in_4bit (QLoRA) does not shard: use fsdp/deepspeed with load_in_4bit=false")
+        if self.deepspeed is not None:
+            if not self.deepspeed.is_file():
+                raise ValueError(f"deepspeed: no such file {self.deepspeed}")
+            try:
+                json.loads(self.deepspeed.read_text())
+            except ValueError as err:
+                raise ValueError(f"deepspeed: {self.deepspeed} is not JSON ({err})") from None
+        return self
 
     @model_validator(mode="after")
     def _windows_fit(self) -> RerankerConfig:

@@ -7,6 +7,9 @@
   when the package is installed on CUDA.
 * 4-bit loading (QLoRA): bitsandbytes NF4. Meant for CUDA; bitsandbytes 0.50's CPU backend also
   runs it (tests/test_quantize.py), only slower than float32, so CPU configs leave it off.
+* several processes (``torchrun``, launched by ``eedi run`` when ``runtime.nproc_per_node`` > 1): accelerate's
+  ``PartialState`` owns the process group, the rank and the local rank (:func:`processes`); each process runs on
+  its own ``cuda:<local_rank>`` (:func:`rank_device`), QLoRA's 4-bit weights included.
 * vLLM's CPU engine: its OpenMP threads get every core of the affinity mask
   (:func:`configure_vllm_cpu_threads`, ``runtime.vllm_cpu_threads``).
 """
@@ -17,7 +20,8 @@ import importlib.util
 import logging
 import os
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 
 import torch
 from transformers import BitsAndBytesConfig
@@ -57,6 +61,60 @@ def resolve(runtime: RuntimeConfig) -> Placement:
     return Placement(device, dtype, attn)
 
 
+def rank_device(device: str, local_rank: int) -> str:
+    """The device of the process with this local rank: ``cuda`` -> ``cuda:<local_rank>``; a CPU, or a device
+    that already names its index, stays as it is."""
+    if device == "cuda":
+        return f"cuda:{local_rank}"
+    return device
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the training processes, as accelerate's ``PartialState`` sees it."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    placement: Placement
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def processes(placement: Placement, timeout_s: int = 1800) -> Processes:
+    """Join the training processes (a no-op in a single process) and place this one on its own device.
+
+    accelerate's ``PartialState`` reads the launcher's environment (torchrun, ``accelerate launch``, SLURM/MPI)
+    and creates the process group: NCCL on CUDA, gloo on CPU, with ``timeout_s`` for every collective (the
+    Trainer's ``ddp_timeout``; the Trainer's own ``PartialState`` later reuses this group). Called before the
+    model is built, so that every rank loads onto its own GPU instead of ``cuda:0``."""
+    from accelerate import PartialState  # training side only: config loading and the inference side never need it
+
+    state = PartialState(cpu=not placement.is_cuda, timeout=timedelta(seconds=timeout_s))
+    local_rank = int(state.local_process_index)
+    device = rank_device(placement.device, local_rank) if state.num_processes > 1 else placement.device
+    return Processes(
+        rank=int(state.process_index),
+        local_rank=local_rank,
+        world_size=int(state.num_processes),
+        placement=replace(placement, device=device),
+    )
+
+
+def barrier() -> None:
+    """Wait for every training process (no-op in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def bnb_4bit_config(placement: Placement):
     """bitsandbytes NF4 config (double quantization, compute in the placement's dtype) for QLoRA.
 
@@ -79,9 +137,15 @@ def model_kwargs(placement: Placement, load_in_4bit: bool = False) -> dict:
     kwargs = {"dtype": placement.dtype, "attn_implementation": placement.attn_implementation}
     if load_in_4bit:
         kwargs["quantization_config"] = bnb_4bit_config(placement)
-        # bitsandbytes quantizes while loading, onto the device named here
-        kwargs["device_map"] = {"": 0 if placement.is_cuda else "cpu"}
+        # bitsandbytes quantizes while loading, onto the device named here: this process's own GPU
+        # (cuda:<local rank> under DDP; plain "cuda" is the current device, 0 unless set otherwise)
+        kwargs["device_map"] = {"": _device_index(placement.device) if placement.is_cuda else "cpu"}
     return kwargs
+
+
+def _device_index(device: str) -> int:
+    index = torch.device(device).index
+    return torch.cuda.current_device() if index is None else index
 
 
 VLLM_BIND = "VLLM_CPU_OMP_THREADS_BIND"

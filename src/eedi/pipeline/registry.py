@@ -43,6 +43,9 @@ class Stage:
     requires: tuple[str, ...] | None = None
     """Upstream stages that must have run first (default: all of ``upstream``). Optional inputs,
     such as synthetic rows or quantized models, are upstream but not required."""
+    distributed: bool = False
+    """Trains on several processes (DDP through the Trainer): ``eedi run`` starts it under torchrun when
+    ``runtime.nproc_per_node`` > 1, and only rank 0 records it in the manifest."""
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -139,6 +142,7 @@ STAGES: list[Stage] = [
         upstream=("prepare", "synthesize"),
         requires=("prepare",),
         outputs=_retriever_outputs,
+        distributed=True,
     ),
     Stage(
         "index",
@@ -158,6 +162,7 @@ STAGES: list[Stage] = [
         upstream=("index", "synthesize"),
         requires=("index",),
         outputs=_reranker_outputs,
+        distributed=True,
     ),
     Stage(
         "quantize",

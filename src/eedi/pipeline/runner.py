@@ -19,25 +19,33 @@ from eedi.manifest import Manifest, input_hashes
 from eedi.pipeline.console import finished_detail, header, log_tail, stage_line
 from eedi.pipeline.registry import STAGES, get_stage, stage_fingerprint
 from eedi.progress import PROGRESS_FD
+from eedi.runtime import processes, resolve
 from eedi.tracking import log_stage
 
 log = logging.getLogger(__name__)
 
 
 def run_stage(cfg: Config, name: str, force: bool = False) -> dict:
-    """Run one stage in this process, recording it in the manifest; skip it if current."""
+    """Run one stage in this process, recording it in the manifest; skip it if current.
+
+    A training stage launched by torchrun runs in every process; rank 0 alone writes the manifest (the other
+    ranks read it to decide alike whether the stage is current)."""
     stage = get_stage(name)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    main = processes(resolve(cfg.runtime), cfg.runtime.ddp_timeout).is_main if stage.distributed else True
     manifest = Manifest(run_dir)
     missing = [u for u in stage.required if manifest.stage(u).get("status") != "done"]
     if missing:
         raise MissingInputError(f"stage {name!r} needs {missing} in {run_dir}: their outputs", missing[0])
-    manifest.record_run(config_to_dict(cfg), input_hashes(Path(cfg.data.dir)))
+    if main:
+        manifest.record_run(config_to_dict(cfg), input_hashes(Path(cfg.data.dir)))
     fp = stage_fingerprint(cfg, stage, manifest)
     if not force and manifest.is_current(name, fp):
         log.info("stage %s is up to date (fingerprint %s): skipped", name, fp)
         return manifest.stage(name).get("summary", {})
+    if not main:
+        return stage.function()(cfg) or {}
     t0 = manifest.start(name, fp)
     try:
         summary = stage.function()(cfg) or {}
@@ -94,10 +102,15 @@ def _stream(source, log_file, echo) -> None:
             echo.flush()
 
 
-def _run_logged(cmd: list[str], log_path: Path, verbose: bool) -> int:
-    """Run a stage process with its output in ``log_path``; its progress bars go to our stderr."""
+def _run_logged(cmd: list[str], log_path: Path, verbose: bool, progress: bool = True) -> int:
+    """Run a stage process with its output in ``log_path``; its progress bars go to our stderr (``progress``;
+    else to the log: torchrun starts its workers with every inherited descriptor closed)."""
     progress_fd = os.dup(sys.stderr.fileno())
-    env = {**os.environ, PROGRESS_FD: str(progress_fd)}
+    env = dict(os.environ)
+    if progress:
+        env[PROGRESS_FD] = str(progress_fd)
+    else:
+        env.pop(PROGRESS_FD, None)
     try:
         with open(log_path, "ab") as log_file:
             log_file.write(f"\n===== {' '.join(cmd)}\n".encode())
@@ -117,6 +130,26 @@ def _run_logged(cmd: list[str], log_path: Path, verbose: bool) -> int:
             return code
     finally:
         os.close(progress_fd)
+
+
+def nproc_per_node(cfg: Config) -> int:
+    """Training processes per machine: ``runtime.nproc_per_node``, else every visible GPU (1 on a CPU)."""
+    if cfg.runtime.nproc_per_node is not None:
+        return cfg.runtime.nproc_per_node
+    if cfg.runtime.device == "cpu":
+        return 1
+    import torch  # the runner process is on the train side or the infer side: both have torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def stage_command(python: str, stage_name: str, distributed: bool, nproc: int) -> list[str]:
+    """How ``eedi run`` starts a stage: ``python -m eedi <stage>``, under torchrun (one process per GPU on this
+    machine, a free local rendezvous port) for a training stage when ``nproc`` > 1."""
+    if distributed and nproc > 1:
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+        return [python, *launcher, "-m", "eedi", stage_name]
+    return [python, "-m", "eedi", stage_name]
 
 
 def run_all(
@@ -139,11 +172,13 @@ def run_all(
         raise ConfigError(f"--stages: unknown stage(s) {unknown}; stages: {[s.name for s in STAGES]}")
     selected = [s for s in STAGES if stages is None or s.name in stages]
     pythons = {side: side_python(side) for side in dict.fromkeys(s.side for s in selected)}
+    nproc = nproc_per_node(cfg)
     layout = RunLayout(cfg.run_dir)
     layout.logs.mkdir(parents=True, exist_ok=True)
     print(header(config_path, cfg, len(selected)), flush=True)
     for index, stage in enumerate(selected, start=1):
-        cmd = [pythons[stage.side], "-m", "eedi", stage.name]
+        launched = stage.distributed and nproc > 1
+        cmd = stage_command(pythons[stage.side], stage.name, stage.distributed, nproc)
         if config_path:
             cmd += ["--config", str(config_path)]
         if force:
@@ -151,10 +186,16 @@ def run_all(
         cmd += overrides
         started_before = Manifest(layout.root).stage(stage.name).get("started")
         print(
-            stage_line(index, len(selected), stage.name, "...", f"{stage.side} side, log {layout.log(stage.name)}"),
+            stage_line(
+                index,
+                len(selected),
+                stage.name,
+                "...",
+                f"{stage.side} side{f', {nproc} processes' if launched else ''}, log {layout.log(stage.name)}",
+            ),
             flush=True,
         )
-        code = _run_logged(cmd, layout.log(stage.name), verbose)
+        code = _run_logged(cmd, layout.log(stage.name), verbose, progress=not launched)
         entry = Manifest(layout.root).stage(stage.name)
         if code != 0:
             print(stage_line(index, len(selected), stage.name, "FAILED", f"exit {code}"), flush=True)

@@ -42,6 +42,7 @@ from eedi.manifest import fingerprint
 from eedi.rerank.schemes import rerank
 from eedi.rerank.train import fit_reranker, training_fingerprint, training_rows
 from eedi.rerank.windows import one_list_per_pair, read_candidates
+from eedi.runtime import processes, resolve
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ def run(config: Config) -> dict:
         return {"skipped": "reranker.enabled=false"}
     layout = RunLayout(config.run_dir)
     pairs, folds, misconceptions = load_pairs(layout.root), load_folds(layout.root), load_misconceptions(layout.root)
+    # Under torchrun every rank trains each fold; rank 0 alone scores the validation part and writes the results.
+    main = processes(resolve(config.runtime), config.runtime.ddp_timeout).is_main
     summary: dict = {"folds": {}}
     tables = []
     for k in config.folds.use:
@@ -73,6 +76,8 @@ def run(config: Config) -> dict:
         fit = fit_reranker(
             config, out_dir, train_part, positives, train_pairs, misconceptions, training_fingerprint(config, path)
         )
+        if not main:
+            continue
         reranked = rerank(
             config, RunLayout.merged_dir(out_dir), val_part, pairs, misconceptions, config.reranker.backend
         )

@@ -1,8 +1,14 @@
-"""Supervised fine-tuning of the listwise reranker (TRL SFTTrainer + peft LoRA) and merging its adapter."""
+"""Supervised fine-tuning of the listwise reranker (TRL SFTTrainer + peft LoRA) and merging its adapter.
+
+Under torchrun every process trains (DDP through the Trainer, or FSDP / DeepSpeed ZeRO-3 through its own
+``fsdp`` / ``deepspeed`` arguments: ``reranker.fsdp``, ``reranker.deepspeed``); rank 0 alone writes the
+windows, the adapter, the merged model and the fold's state.
+"""
 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import logging
 import shutil
@@ -20,6 +26,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from eedi.config import Config, RerankerConfig, config_to_dict
+from eedi.errors import ConfigError, EnvironmentMissing
 from eedi.fileio import atomic_dir, file_sha256, read_json, write_json, write_parquet, write_text
 from eedi.layout import RunLayout
 from eedi.manifest import fingerprint
@@ -28,7 +35,7 @@ from eedi.rerank.prompts import misconception_names, pair_lookup, window_prompts
 from eedi.rerank.schemes import SCORING_KEYS
 from eedi.rerank.scoring import encode_prompts, label_token_ids
 from eedi.rerank.windows import training_windows
-from eedi.runtime import model_kwargs, resolve
+from eedi.runtime import Processes, barrier, model_kwargs, processes, resolve
 from eedi.synthesis.store import load_synthetic_pairs
 from eedi.tracking import trainer_report_to
 
@@ -71,24 +78,25 @@ def _lora_config(rc: RerankerConfig, num_layers: int):
     )
 
 
-def train_reranker(config: Config, dataset, out_dir: Path) -> dict:
-    """Fine-tune the backbone on ``dataset`` with TRL's SFTTrainer (+ LoRA); writes ``out_dir/adapter``
-    (LoRA) or ``out_dir/merged`` (full fine-tuning) and ``out_dir/train_log.jsonl``.
-
-    Resumes from the last checkpoint in ``out_dir/checkpoints`` when a run was interrupted.
-    """
-
+def training_arguments(config: Config, procs: Processes, checkpoints: Path) -> SFTConfig:
+    """The SFTTrainer's arguments: data-parallel over the launched processes, sharded with FSDP or DeepSpeed
+    when the config asks (the Trainer validates ``fsdp`` / ``fsdp_config`` / ``deepspeed`` here)."""
     rc = config.reranker
-    placement = resolve(config.runtime)
-    tokenizer = AutoTokenizer.from_pretrained(rc.backbone)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(rc.backbone, **model_kwargs(placement, rc.load_in_4bit))
-    if not rc.load_in_4bit:
-        model.to(placement.device)
-    peft_config = _lora_config(rc, model.config.get_text_config().num_hidden_layers) if rc.lora.enabled else None
-    checkpoints = RunLayout.checkpoints_dir(out_dir)
-    args = SFTConfig(
+    if rc.deepspeed is not None and importlib.util.find_spec("deepspeed") is None:
+        raise EnvironmentMissing(
+            f"reranker.deepspeed={rc.deepspeed} needs the deepspeed package in the train environment "
+            "(pip install deepspeed), or use reranker.fsdp"
+        )
+    try:
+        return _sft_config(config, procs, checkpoints)
+    except ValueError as err:
+        key = "reranker.deepspeed" if rc.deepspeed is not None else "reranker.fsdp"
+        raise ConfigError(f"{key}: the Trainer refuses it ({str(err).splitlines()[0]})") from None
+
+
+def _sft_config(config: Config, procs: Processes, checkpoints: Path) -> SFTConfig:
+    rc, placement = config.reranker, procs.placement
+    return SFTConfig(
         output_dir=str(checkpoints),
         num_train_epochs=rc.epochs,
         per_device_train_batch_size=rc.batch_size,
@@ -112,7 +120,34 @@ def train_reranker(config: Config, dataset, out_dir: Path) -> dict:
         seed=config.seed,
         data_seed=config.seed,
         dataloader_num_workers=0,
+        ddp_backend="gloo" if procs.distributed and not placement.is_cuda else None,
+        ddp_timeout=config.runtime.ddp_timeout,
+        ddp_find_unused_parameters=False,  # LoRA: every trainable parameter takes part in every step
+        fsdp=rc.fsdp or None,
+        fsdp_config=dict(rc.fsdp_config) or None,
+        deepspeed=str(rc.deepspeed) if rc.deepspeed is not None else None,
     )
+
+
+def train_reranker(config: Config, dataset, out_dir: Path) -> dict:
+    """Fine-tune the backbone on ``dataset`` with TRL's SFTTrainer (+ LoRA); writes ``out_dir/adapter``
+    (LoRA) or ``out_dir/merged`` (full fine-tuning) and ``out_dir/train_log.jsonl`` (rank 0).
+
+    Resumes from the last checkpoint in ``out_dir/checkpoints`` when a run was interrupted.
+    """
+
+    rc = config.reranker
+    procs = processes(resolve(config.runtime), config.runtime.ddp_timeout)
+    placement = procs.placement
+    tokenizer = AutoTokenizer.from_pretrained(rc.backbone)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    checkpoints = RunLayout.checkpoints_dir(out_dir)
+    args = training_arguments(config, procs, checkpoints)
+    model = AutoModelForCausalLM.from_pretrained(rc.backbone, **model_kwargs(placement, rc.load_in_4bit))
+    if not (rc.load_in_4bit or rc.fsdp or rc.deepspeed):
+        model.to(placement.device)  # this rank's own GPU; sharded models are placed by the Trainer
+    peft_config = _lora_config(rc, model.config.get_text_config().num_hidden_layers) if rc.lora.enabled else None
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -128,14 +163,28 @@ def train_reranker(config: Config, dataset, out_dir: Path) -> dict:
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - t0
     target = RunLayout.adapter_dir(out_dir) if rc.lora.enabled else RunLayout.merged_dir(out_dir)
-    with atomic_dir(target) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    if procs.distributed:
+        # Every rank calls save_model (under FSDP / ZeRO-3 it gathers the sharded weights); rank 0 writes.
+        staging = target.with_name(f".{target.name}.saving")
+        if procs.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        barrier()
+        trainer.save_model(str(staging))
+        if procs.is_main:
+            tokenizer.save_pretrained(staging)
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+    else:
+        with atomic_dir(target) as tmp:
+            trainer.model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     history = [entry for entry in trainer.state.log_history if "loss" in entry or "train_loss" in entry]
-    write_text(RunLayout.train_log(out_dir), "".join(json.dumps(entry) + "\n" for entry in history))
+    if procs.is_main:
+        write_text(RunLayout.train_log(out_dir), "".join(json.dumps(entry) + "\n" for entry in history))
     losses = [entry["loss"] for entry in history if "loss" in entry]
     summary = {
         "train_windows": len(dataset),
+        "processes": procs.world_size,
         "steps": int(trainer.state.global_step),
         "train_seconds": round(seconds, 1),
         "train_loss": round(float(result.training_loss), 4),
@@ -203,10 +252,13 @@ def fit_reranker(
     if info.get("fingerprint") == train_fp and (RunLayout.merged_dir(out_dir) / "config.json").exists():
         log.info("%s is trained with this config: reused", out_dir)
         return info.get("summary", {})
-    if info.get("fingerprint") not in (None, train_fp) and RunLayout.checkpoints_dir(out_dir).exists():
+    main = processes(resolve(config.runtime), config.runtime.ddp_timeout).is_main
+    barrier()  # every rank has read the fold's state before rank 0 changes it
+    if main and info.get("fingerprint") not in (None, train_fp) and RunLayout.checkpoints_dir(out_dir).exists():
         shutil.rmtree(RunLayout.checkpoints_dir(out_dir))  # checkpoints of another config must not be resumed
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(info_path, {"fingerprint": train_fp, "status": "training"})
+    if main:
+        write_json(info_path, {"fingerprint": train_fp, "status": "training"})
     rng = np.random.default_rng(config.seed)
     names = misconception_names(misconceptions)
     windows = training_windows(
@@ -221,7 +273,8 @@ def fit_reranker(
         max_windows=rc.max_train_windows,
         shuffle=rc.shuffle_windows,
     )
-    write_parquet(RunLayout.train_windows(out_dir), windows)
+    if main:
+        write_parquet(RunLayout.train_windows(out_dir), windows)
     tokenizer = AutoTokenizer.from_pretrained(rc.backbone)
     dataset = sft_dataset(windows, pair_lookup(pairs), names, tokenizer, rc.window_size, rc.max_length)
     log.info(
@@ -233,10 +286,12 @@ def fit_reranker(
     )
     summary = train_reranker(config, dataset, out_dir)
     summary["hard_windows"] = int((windows["kind"] == "hard").sum())
-    if rc.lora.enabled:
-        merge_adapter(RunLayout.adapter_dir(out_dir), RunLayout.merged_dir(out_dir), config)
-    shutil.rmtree(RunLayout.checkpoints_dir(out_dir), ignore_errors=True)
-    write_json(info_path, {"fingerprint": train_fp, "status": "done", "summary": summary})
+    if main:
+        # The other ranks go on to the next fold and wait for rank 0 in its first collective.
+        if rc.lora.enabled:
+            merge_adapter(RunLayout.adapter_dir(out_dir), RunLayout.merged_dir(out_dir), config)
+        shutil.rmtree(RunLayout.checkpoints_dir(out_dir), ignore_errors=True)
+        write_json(info_path, {"fingerprint": train_fp, "status": "done", "summary": summary})
     return summary
 
 

@@ -1,15 +1,23 @@
 """InfoNCE over in-batch, hard and random negatives, with optional GradCache
 (sentence-transformers' CachedLossMixin).
+
+Under DDP (several training processes) every rank scores its own queries against the documents of *all*
+ranks (gathered, duplicates across ranks counted once), so N ranks of batch b train exactly as one process
+with the global batch N x b would (tests/test_distributed.py). Every rank issues the same collectives per
+step whatever its number of documents or mini-batches: three all-gathers and one all-reduce for the
+documents and DDP's one gradient all-reduce (sentence-transformers' GradCache replays every mini-batch but
+the last under ``no_sync``; DDP broadcasts no buffers, see ``DDP_KWARGS`` in retrieval/train.py).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from sentence_transformers.base.losses.gradcache import CachedLossMixin
 from torch import Tensor, nn
@@ -20,6 +28,66 @@ from eedi.retrieval.negatives import NegativeSampler, document_set
 def _unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "_orig_mod", model)
     return getattr(model, "module", model)  # DistributedDataParallel
+
+
+class Targets(NamedTuple):
+    """What ``calculate_loss`` needs besides the embeddings: each query's positive column among this rank's
+    documents, and the documents' MisconceptionIds (to merge the ranks' document lists)."""
+
+    positions: Tensor
+    doc_ids: Tensor
+
+
+def _world_size() -> int:
+    """Processes in the default group: the one accelerate (the Trainer's PartialState) set up; 1 without one."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _gather_padded(x: Tensor) -> tuple[list[Tensor], list[int]]:
+    """Every rank's ``x`` (rank order), whose first dimension may differ between ranks."""
+    world = dist.get_world_size()
+    size = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(s) for s in sizes]
+    padded = x.new_zeros((max(counts), *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return [part[:n] for part, n in zip(parts, counts)], counts
+
+
+class _GatherRows(torch.autograd.Function):
+    """All ranks' rows, concatenated in rank order. Backward: every rank's loss reads every row, so a row's
+    gradient is the sum over the ranks (an all-reduce), of which each rank keeps its own rows'."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        parts, counts = _gather_padded(x.detach())
+        ctx.rank, ctx.counts = dist.get_rank(), counts
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = sum(ctx.counts[: ctx.rank])
+        return grad[start : start + ctx.counts[ctx.rank]]
+
+
+def global_documents(documents: Tensor, targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
+    """All ranks' documents, the mask of the columns to score (the first copy of each id) and each local
+    query's positive column among them."""
+    doc_ids = torch.cat(_gather_padded(targets.doc_ids.to(documents.device))[0]).tolist()
+    first: dict[int, int] = {}
+    for column, doc_id in enumerate(doc_ids):
+        first.setdefault(doc_id, column)
+    keep = torch.tensor([first[d] == c for c, d in enumerate(doc_ids)], device=documents.device)
+    local_ids = targets.doc_ids.tolist()
+    positions = torch.tensor(
+        [first[local_ids[p]] for p in targets.positions.tolist()], dtype=torch.long, device=documents.device
+    )
+    return _GatherRows.apply(documents), keep, positions
 
 
 class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
@@ -84,9 +152,9 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
 
     def _documents(
         self, query_reps: Tensor, features: dict[str, Tensor], labels: Tensor
-    ) -> tuple[dict[str, Any], Tensor]:
+    ) -> tuple[dict[str, Any], Targets]:
         """Mine hard negatives for these query embeddings; tokenize the batch's unique documents.
-        Returns the documents' features and each query's target column among them."""
+        Returns the documents' features, each query's target column among them and their ids."""
         labels = labels.cpu().numpy()
         positives = labels[:, 0].tolist()
         negatives = list(labels[:, 1:])
@@ -106,7 +174,10 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
         doc_features = {
             k: v.to(device) if isinstance(v, Tensor) else v for k, v in _unwrap(self.model).preprocess(texts).items()
         }
-        return doc_features, torch.tensor([position[t] for t in targets], dtype=torch.long, device=device)
+        return doc_features, Targets(
+            torch.tensor([position[t] for t in targets], dtype=torch.long, device=device),
+            torch.tensor([doc_ids[i] for i in order], dtype=torch.long, device=device),
+        )
 
     # ----------------------------------------------------------------- loss
 
@@ -114,11 +185,18 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
         return [reps for reps, _ in self.embed_minibatch_iter(features, with_grad=with_grad, copy_random_state=False)]
 
     def calculate_loss(
-        self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
+        self, reps: list[list[Tensor]], labels: Targets | None = None, *, with_backward: bool = False
     ) -> Tensor:
         queries = F.normalize(torch.cat(reps[0]).float(), dim=-1)
         documents = F.normalize(torch.cat(reps[1]).float(), dim=-1)
-        loss = F.cross_entropy(queries @ documents.T * self.scale, labels.to(queries.device))
+        if _world_size() > 1:
+            documents, keep, positions = global_documents(documents, labels)
+            logits = (queries @ documents.T * self.scale).masked_fill(~keep, float("-inf"))
+        else:
+            logits, positions = queries @ documents.T * self.scale, labels.positions
+        # Each rank's mean over its own queries; DDP averages the ranks' gradients, which with the summed
+        # document gradients above is the gradient of the mean over the global batch.
+        loss = F.cross_entropy(logits, positions.to(queries.device))
         if with_backward:
             loss.backward()
             loss = loss.detach()

@@ -105,6 +105,25 @@ def build_model(
     return model
 
 
+def freeze_unused(model: SentenceTransformer) -> list[str]:
+    """Freeze the trainable parameters that the sentence embedding never reads (BERT's pooler: sentence-
+    transformers pools the token states); returns their names.
+
+    DDP waits for a gradient of every trainable parameter before it averages a step's gradients, and fails
+    on the next step when one never comes. Found by one backward pass on a short text; the optimizer skips
+    such parameters anyway, so training is unchanged."""
+    model.zero_grad(set_to_none=True)
+    features = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in model.preprocess(["a b c"]).items()}
+    model(features)["sentence_embedding"].float().sum().backward()
+    unused = []
+    for name, param in model.named_parameters():
+        if param.requires_grad and param.grad is None:
+            param.requires_grad = False
+            unused.append(name)
+    model.zero_grad(set_to_none=True)
+    return unused
+
+
 def top_layers(cfg: RetrieverConfig, hf_config) -> list[int] | None:
     """Indices of the trainable transformer layers (None: all)."""
     if cfg.top_layers is None:

@@ -20,8 +20,8 @@ Training: sentence-transformers' ``SentenceTransformerTrainer`` with the loss an
 :mod:`eedi.retrieval.negatives` and :mod:`eedi.retrieval.loss` (in-batch + hard + random negatives,
 documents deduplicated per batch,
 length-sorted chunks, optional GradCache); hard negatives are mined online from each step's
-own query embeddings. DDP comes from the Trainer: launch with
-``torchrun --nproc_per_node N scripts/02_train_retriever.py``.
+own query embeddings. DDP comes from the Trainer: ``eedi run`` launches the stage under torchrun when
+``runtime.nproc_per_node`` > 1 (docs/distributed.md).
 
 Outputs per fold, in ``run_dir/retriever/fold_{k}/`` (``full/`` for ``folds.full_fit``):
 

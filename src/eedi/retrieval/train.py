@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch.distributed as dist
+import torch
 from datasets import Dataset
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
@@ -30,10 +30,10 @@ from eedi.layout import RunLayout, model_name
 from eedi.manifest import fingerprint
 from eedi.progress import TrainerProgress
 from eedi.retrieval.loss import HardNegativeInfoNCE
-from eedi.retrieval.model import build_model, encode_corpus, encode_queries
+from eedi.retrieval.model import build_model, encode_corpus, encode_queries, freeze_unused
 from eedi.retrieval.negatives import ContrastiveCollator, NegativeSampler
 from eedi.retrieval.search import top_k_from_scores
-from eedi.runtime import Placement, resolve
+from eedi.runtime import Placement, Processes, barrier, processes, resolve
 from eedi.synthesis.store import load_synthetic_pairs
 from eedi.tracking import trainer_report_to
 
@@ -168,17 +168,26 @@ class RetrieverTrainer(SentenceTransformerTrainer):
         super()._load_from_checkpoint(checkpoint_path)
 
 
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+# How the Trainer wraps the bi-encoder in DistributedDataParallel. No buffer broadcasts: DDP would broadcast
+# the buffers (constants here: position ids, rotary frequencies) at every forward pass that follows one with
+# gradients, and each rank embeds its own number of document chunks, so the ranks would issue different
+# numbers of broadcasts and hang or mix up their collectives (tests/test_distributed.py). No search for
+# unused parameters: freeze_unused freezes them instead.
+DDP_KWARGS = {"broadcast_buffers": False, "find_unused_parameters": False}
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+def schedule(cfg: RetrieverConfig, rows: int, world_size: int) -> dict[str, int]:
+    """Optimizer steps of one fold's run: every step consumes batch_size x grad_accum rows on each of the
+    ``world_size`` processes (the Trainer's DistributedSampler gives each rank 1/world_size of the rows), so
+    N processes take 1/N of one process's steps, and the warm-up is a share of those."""
+    steps_per_epoch = max(1, -(-rows // (cfg.batch_size * cfg.grad_accum * world_size)))
+    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    return {
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total,
+        "warmup_steps": int(round(cfg.warmup_ratio * total)),
+        "logging_steps": max(1, min(50, total // 5)),
+    }
 
 
 def train_fold(config: Config, fold: int | None) -> dict:
@@ -192,29 +201,56 @@ def train_fold(config: Config, fold: int | None) -> dict:
     if trained_fp == train_fp and RunLayout.model_dir(out).is_dir():
         log.info("%s: trained with this config, reused", out)
         return _summary(log_path)
+    # Join the other training processes (torchrun) before any model is built: each loads onto its own device.
+    procs = processes(resolve(config.runtime), config.runtime.ddp_timeout)
+    barrier()  # every rank has read the fold's state before rank 0 changes it
     # Another config's model, adapter, checkpoints and log must be neither reused nor resumed.
     stale = trained_fp != train_fp
-    if stale and _is_main_process():
+    if stale and procs.is_main:
         for path in (RunLayout.model_dir(out), RunLayout.adapter_dir(out), RunLayout.checkpoints_dir(out), log_path):
             if path.is_dir():
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-    if _is_main_process():
+    if procs.is_main:
         write_json(info_path, {"fingerprint": train_fp, "status": "training"})
-    placement = resolve(config.runtime)
     train, val = _training_rows(config, fold)
-    misconceptions = load_misconceptions(layout.root)
-    corpus_ids = misconceptions["MisconceptionId"].to_numpy(np.int64)
-    corpus_texts = misconceptions["MisconceptionName"].tolist()
     checkpoints = RunLayout.checkpoints_dir(out)
     # Every rank decides alike: a stale fold starts over even where rank 0 has not deleted it yet.
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() and not stale else None
-    if resume is None and log_path.exists():
-        log_path.unlink()  # a log without a checkpoint belongs to a run that never got far
+    if resume is None and procs.is_main:
+        log_path.unlink(missing_ok=True)  # a log without a checkpoint belongs to a run that never got far
 
+    seconds = _fit(config, fold, procs, train, val, resume)
+    if procs.is_main:
+        # _fit has returned: the trained model is freed, so the merge below holds one copy of the backbone.
+        gc.collect()
+        if procs.placement.is_cuda:
+            torch.cuda.empty_cache()
+        merge_saved_adapter(cfg, procs.placement, out)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        write_json(info_path, {"fingerprint": train_fp, "status": "done"})
+    barrier()
+    return {**_summary(log_path), "seconds": round(seconds, 1)}
+
+
+def _fit(
+    config: Config, fold: int | None, procs: Processes, train: pd.DataFrame, val: pd.DataFrame, resume: str | None
+) -> float:
+    """Train one fold's retriever; rank 0 saves the adapter (LoRA) or the whole model. Returns the seconds
+    spent. Everything that holds the model (Trainer, loss, callbacks) is local here,
+    so it is freed when this returns, before the adapter is merged into a second copy of the backbone."""
+    cfg, placement = config.retriever, procs.placement
+    out = RunLayout(config.run_dir).retriever(model_name(fold))
+    misconceptions = load_misconceptions(config.run_dir)
+    corpus_ids = misconceptions["MisconceptionId"].to_numpy(np.int64)
+    corpus_texts = misconceptions["MisconceptionName"].tolist()
     set_seed(config.seed)  # LoRA's initialisation draws from the global RNG: same seed, same starting adapter
     model = build_model(cfg, placement)
+    if procs.distributed:
+        frozen = freeze_unused(model)
+        if frozen:
+            log.info("frozen (no part in the embedding, which DDP cannot train): %s", frozen)
     sampler = NegativeSampler(
         corpus_ids, cfg.n_hard_negatives, cfg.hard_negative_ranks, cfg.n_random_negatives, seed=config.seed
     )
@@ -235,15 +271,15 @@ def train_fold(config: Config, fold: int | None) -> dict:
     dataset = Dataset.from_dict(
         {"query": train["QueryText"].tolist(), "label": train["MisconceptionId"].astype(int).tolist()}
     )
-    steps_per_epoch = max(1, -(-len(dataset) // (cfg.batch_size * cfg.grad_accum)))
+    steps = schedule(cfg, len(dataset), procs.world_size)
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(checkpoints),
+        output_dir=str(RunLayout.checkpoints_dir(out)),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
-        warmup_steps=int(round(cfg.warmup_ratio * (cfg.max_steps or steps_per_epoch * cfg.epochs))),
+        warmup_steps=steps["warmup_steps"],
         lr_scheduler_type="linear",
         bf16=placement.is_cuda and str(placement.dtype) == "torch.bfloat16",
         fp16=placement.is_cuda and str(placement.dtype) == "torch.float16",
@@ -253,12 +289,14 @@ def train_fold(config: Config, fold: int | None) -> dict:
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=1,
-        logging_steps=max(1, min(50, (cfg.max_steps or steps_per_epoch * cfg.epochs) // 5)),
+        logging_steps=steps["logging_steps"],
         seed=config.seed,
         report_to=trainer_report_to(config, "train-retriever"),
         disable_tqdm=True,  # TrainerProgress draws the bar on the console; the log dicts go to the stage log
-        ddp_backend="gloo" if _world_size() > 1 and not placement.is_cuda else None,
-        ddp_find_unused_parameters=False,
+        ddp_backend="gloo" if procs.distributed and not placement.is_cuda else None,
+        ddp_timeout=config.runtime.ddp_timeout,
+        ddp_broadcast_buffers=DDP_KWARGS["broadcast_buffers"],
+        ddp_find_unused_parameters=DDP_KWARGS["find_unused_parameters"],
         dataloader_drop_last=False,
     )
     callback = EpochLog(
@@ -267,7 +305,7 @@ def train_fold(config: Config, fold: int | None) -> dict:
         val["MisconceptionId"].astype(int).tolist(),
         corpus_ids,
         corpus_texts,
-        log_path,
+        RunLayout.train_log(out),
         cfg.encode_batch_size,
     )
     trainer = RetrieverTrainer(
@@ -279,22 +317,20 @@ def train_fold(config: Config, fold: int | None) -> dict:
         callbacks=[callback, TrainerProgress(f"train-retriever {model_name(fold)}")],
     )
     log.info(
-        "%s: %d training pairs (%d steps/epoch), %d validation pairs%s",
+        "%s: %d training pairs (%d steps/epoch on %d process(es)), %d validation pairs%s",
         model_name(fold),
         len(dataset),
-        steps_per_epoch,
+        steps["steps_per_epoch"],
+        procs.world_size,
         len(val),
         f", resuming from {resume}" if resume else "",
     )
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
-    if _is_main_process():
-        save_outputs(model, cfg, placement, out)
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        write_json(info_path, {"fingerprint": train_fp, "status": "done"})
-    _barrier()
-    return {**_summary(log_path), "seconds": round(seconds, 1)}
+    if procs.is_main:
+        save_trained(model, cfg, out)
+    return seconds
 
 
 def _train_fingerprint(config: Config, fold: int | None) -> str:
@@ -322,15 +358,24 @@ def _summary(log_path: Path) -> dict:
     return summary
 
 
-def save_outputs(model: SentenceTransformer, cfg: RetrieverConfig, placement: Placement, out: Path) -> None:
-    """Write ``adapter/`` (LoRA) and ``model/`` (merged, full precision) atomically."""
+def save_trained(model: SentenceTransformer, cfg: RetrieverConfig, out: Path) -> None:
+    """Write ``adapter/`` (LoRA) or, for full fine-tuning, ``model/`` atomically."""
     if not cfg.lora.enabled:
         with atomic_dir(RunLayout.model_dir(out)) as tmp:
             model.save(str(tmp))
         return
     with atomic_dir(RunLayout.adapter_dir(out)) as tmp:
         model.transformers_model.save_pretrained(str(tmp))
-    # Merge into a fresh full-precision backbone: right for QLoRA too, where the trained base is 4-bit.
+
+
+def merge_saved_adapter(cfg: RetrieverConfig, placement: Placement, out: Path) -> None:
+    """Write ``model/``: the saved ``adapter/`` merged into the backbone (LoRA only), atomically.
+
+    Call it once the trained model is freed: the merge loads a fresh full-precision backbone (right for QLoRA
+    too, where the trained base is 4-bit and merging into it would round the weights to NF4), so with the
+    trained model still in memory a 14B backbone would be held twice in bf16 (~65 GB at the peak)."""
+    if not cfg.lora.enabled:
+        return
     merged = build_model(cfg, placement, trainable=False, load_in_4bit=False)
     transformer = merged[0]
     transformer.model = PeftModel.from_pretrained(transformer.model, str(RunLayout.adapter_dir(out))).merge_and_unload()
