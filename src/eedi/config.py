@@ -114,6 +114,10 @@ class InferConfig(Section):
     when the backend can run it, else the merged full-precision model."""
     backend: Literal["transformers", "vllm"] = "vllm"
     """vllm on CUDA (and on CPU for full-precision models); transformers anywhere."""
+    vllm_gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    """Share of each GPU's memory the vLLM reranker engine may take (weights + KV cache): infer, the Kaggle
+    notebook and reranker.backend=vllm scoring. vLLM refuses to start when less than this share is free, so
+    lower it when something else holds GPU memory (synthesis has its own, synthetic.engine.gpu_memory_utilization)."""
 
 
 DEFAULT_RETRIEVAL_INSTRUCTION = (
