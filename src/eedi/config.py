@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from string import Formatter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -322,8 +322,9 @@ class SyntheticEngineConfig(Section):
     quantization: str | None = None
     """vLLM quantization method (awq_marlin, awq, gptq_marlin, compressed-tensors, ...); None: read from the
     checkpoint's config. The CPU build has no 4-bit kernels on AVX2 machines."""
-    tensor_parallel_size: int = Field(1, ge=1)
-    """GPUs the model is sharded over (on CPU: NUMA nodes)."""
+    tensor_parallel_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    """GPUs the model is sharded over (on CPU: NUMA nodes); auto: every visible one. More than are visible is
+    refused when the stage starts. The model's attention heads must divide evenly by it (Qwen2.5-32B: 40)."""
     max_model_len: int = Field(2048, ge=1)
     """Context length the engine reserves per sequence: the longest prompt plus sampling.max_tokens must fit."""
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
