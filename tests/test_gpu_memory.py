@@ -37,8 +37,8 @@ def test_retriever_is_released_before_the_reranker_engine_starts(tmp_path, tiny_
     refs = []
     real_load = predict_module.load_encoder
 
-    def load_and_watch(path, placement):
-        model = real_load(path, placement)
+    def load_and_watch(path, placement, *args):
+        model = real_load(path, placement, *args)
         refs.append(weakref.ref(model))
         return model
 
@@ -78,3 +78,29 @@ def test_vllm_memory_share_is_a_config_key_that_reaches_the_engine():
 def test_vllm_memory_share_outside_0_1_is_refused_naming_the_key(value):
     with pytest.raises(ConfigError, match="vllm_gpu_memory_utilization"):
         load_config(None, [f"infer.vllm_gpu_memory_utilization={value}"])
+
+
+def test_retriever_load_in_4bit_loads_the_predict_retriever_in_nf4(tmp_path, tiny_kaggle, minilm_path, monkeypatch):
+    """configs/qwen2.5-kaggle-t4.yaml: the notebook's retriever in NF4 (bitsandbytes also runs on CPUs)."""
+    import bitsandbytes as bnb
+
+    import eedi.submit.predict as predict_module
+
+    kinds = []
+    real_load = predict_module.load_encoder
+
+    def load_and_look(path, placement, *args):
+        model = real_load(path, placement, *args)
+        kinds.append(any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()))
+        return model
+
+    def reranker_phase(config, reranker_path, candidates, *rest):
+        kinds.append(candidates["QuestionId_Answer"].nunique())
+        return reranker_path
+
+    monkeypatch.setattr(predict_module, "load_encoder", load_and_look)
+    monkeypatch.setattr(predict_module, "rerank_to_submission", reranker_phase)
+    predict_module.predict(
+        tiny_kaggle, _package(tmp_path, minilm_path), tmp_path / "work", ["retriever.load_in_4bit=true"]
+    )
+    assert kinds == [True, 12]  # NF4 layers; candidates for 4 test questions x 3 wrong answers
