@@ -9,7 +9,7 @@ Kaggle code-competition notebooks run offline, so everything the notebook
       retriever/       SentenceTransformer folder (full-fit model if trained, else the first fold's)
       reranker/        HF folder: quantized (gptq/awq) or merged, per infer.reranker_model
                        (absent when reranker.enabled is false: the submission is the retriever's ranking)
-      wheels/          the eedi wheel; with --with-deps also every dependency of [infer-cuda,cpu]
+      wheels/          the eedi wheel; with --with-deps also every dependency of [infer-cuda,cpu,nf4]
 
 ``--with-deps`` runs ``pip download`` for the inference extras, which needs an index (PyPI)
 and downloads vLLM's CUDA wheels (GBs): do it on the machine you upload from.
@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[3]
 # The sample-data generator is a development tool: the notebook never needs it.
 NOT_IN_WHEEL = ("eedi/sample/",)
 # vLLM for CUDA plus faiss-cpu: exact search over 2,587 misconceptions needs no GPU, and one environment
-# gets exactly one faiss build (pyproject.toml, tests/test_docker.py).
-KAGGLE_EXTRAS = "infer-cuda,cpu"
+# gets exactly one faiss build (pyproject.toml, tests/test_docker.py); bitsandbytes for an NF4 retriever.
+KAGGLE_EXTRAS = "infer-cuda,cpu,nf4"
 
 
 def strip_wheel(wheel: Path, prefixes: tuple[str, ...] = NOT_IN_WHEEL) -> None:
