@@ -7,6 +7,7 @@ GPUs; vLLM engines shard over ``tensor_parallel_size`` GPUs.
 from __future__ import annotations
 
 import re
+import subprocess
 from dataclasses import dataclass, field
 
 from eedi.config import Config
@@ -53,15 +54,30 @@ def parse_gpus(spec: str) -> Gpus:
 
 
 def visible_gpus() -> Gpus | None:
-    """What torch sees (the smallest GPU's memory), or None on a CPU-only machine."""
+    """What torch sees (the smallest GPU's memory), or None on a CPU-only machine.
+
+    The sizes come from nvidia-smi when it is there: asking torch would create a CUDA context in this
+    process (hundreds of MB on GPU 0), which `eedi run` would then hold while its stages run."""
     # Lazy: the plan's arithmetic needs no CUDA
     import torch
 
     if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
         return None
-    props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
-    smallest = min(props, key=lambda p: p.total_memory)
-    return Gpus(len(props), float(smallest.total_memory), f"torch: {len(props)} x {smallest.name}")
+    count = torch.cuda.device_count()  # honours CUDA_VISIBLE_DEVICES
+    try:
+        rows = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+        gpus = [(name.strip(), float(mib) * 2**20) for name, mib in (r.rsplit(",", 1) for r in rows.splitlines())]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        props = [torch.cuda.get_device_properties(i) for i in range(count)]
+        gpus = [(p.name, float(p.total_memory)) for p in props]
+    name, smallest = min(gpus, key=lambda g: g[1])
+    return Gpus(count, smallest, f"visible: {count} x {name}")
 
 
 @dataclass
