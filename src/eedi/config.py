@@ -154,7 +154,8 @@ class RetrieverConfig(Section):
     max_length: int = Field(256, ge=8)
     """Token limit for queries and misconception texts."""
     load_in_4bit: bool = False
-    """QLoRA: load the backbone in bitsandbytes NF4 (CUDA only); the merged model is rebuilt in runtime.dtype."""
+    """QLoRA: load the backbone in bitsandbytes NF4 (CUDA only); the merged model is rebuilt in runtime.dtype.
+    The Kaggle notebook's predict path then loads that merged retriever in NF4 again (16 GB T4s)."""
     lora: LoraSection = Field(default_factory=LoraSection)
     top_layers: int | None = Field(None, ge=1)
     """Train only the top this-many transformer layers (their LoRA adapters, or their weights when LoRA is off);
