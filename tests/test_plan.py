@@ -136,3 +136,11 @@ def test_gpu_specs():
 def test_an_unknown_model_id_is_one_error_naming_the_key():
     with pytest.raises(ConfigError, match=r"^retriever.backbone='acme/unknown-7b': no architecture config"):
         plan_config(load_config(None, ["retriever.backbone=acme/unknown-7b"]), None)
+
+
+def test_the_architecture_files_ship_in_the_wheel():
+    import tomllib
+
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "archs/*.json" in package_data["eedi.plan"]
+    assert len(shipped_archs()) >= 10  # 7B/14B/32B/72B base + Instruct, the 32B AWQ, the two small models
