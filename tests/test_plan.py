@@ -144,3 +144,27 @@ def test_the_architecture_files_ship_in_the_wheel():
     package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "archs/*.json" in package_data["eedi.plan"]
     assert len(shipped_archs()) >= 10  # 7B/14B/32B/72B base + Instruct, the 32B AWQ, the two small models
+
+
+def test_package_kaggle_packages_the_kaggle_t4_config(tmp_path, minilm_path, tiny_qwen2_path):
+    """`eedi package-kaggle` on a run of the Kaggle config: the GPTQ reranker, and the T4 settings in config.yaml."""
+    import json
+    import shutil
+
+    import yaml
+
+    from eedi.layout import FULL, RunLayout
+
+    run = RunLayout(tmp_path / "run")
+    shutil.copytree(minilm_path, run.retriever_model(FULL))
+    shutil.copytree(tiny_qwen2_path, run.quantized_model("gptq"))  # stands in for the GPTQ folder: copied as is
+    name = str(REPO / "configs" / "qwen2.5-kaggle-t4.yaml")
+    assert main(["package-kaggle", "--config", name, f"run_dir={run.root}", "--out", str(tmp_path / "pkg")]) == 0
+    package = json.loads((tmp_path / "pkg" / "package.json").read_text())
+    assert package["reranker_kind"] == "gptq" and package["infer_backend"] == "vllm"
+    assert any(w.startswith("eedi-") for w in package["wheels"])
+    packed = yaml.safe_load((tmp_path / "pkg" / "config.yaml").read_text())
+    assert packed["runtime"]["dtype"] == "float16" and packed["retriever"]["load_in_4bit"] is True
+    assert packed["reranker"]["tensor_parallel_size"] == 2
+    assert packed["infer"]["vllm_gpu_memory_utilization"] == 0.85
+    assert (tmp_path / "pkg" / "reranker" / "config.json").exists()
