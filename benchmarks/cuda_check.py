@@ -352,6 +352,7 @@ def check_retriever_ngpu(work: Path, models: Path) -> dict:
 
 
 def check_index_faiss_gpu(work: Path, models: Path) -> dict:
+    need("faiss", "the index stage searches with FAISS")
     import faiss
 
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:

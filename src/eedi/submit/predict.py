@@ -101,7 +101,7 @@ def retrieve_test_candidates(
     """The retriever phase: load, search, and free the retriever before anything else loads.
 
     The model lives only in this frame, so returning drops the last reference; the explicit free makes
-    its GPU memory available to the reranker engine started next (weights of a 14B retriever: 29.5 GB)."""
+    its GPU memory available to the reranker engine started next (a 14B bi-encoder: 28 GB of bf16 weights)."""
     placement = resolve(config.runtime)
     # retriever.load_in_4bit: NF4 here too, so a 7B retriever takes ~5 GB of a 16 GB T4 instead of 15
     retriever = load_encoder(retriever_dir, placement, config.retriever.load_in_4bit)
