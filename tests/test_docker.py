@@ -46,3 +46,39 @@ def test_copied_paths_exist(name):
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:
                 assert (REPO / src).exists(), f"{name}: COPY {src} does not exist"
+
+
+# faiss-cpu and faiss-gpu-cu12 both own the `faiss` module: one environment must get exactly one of them.
+FAISS = {"faiss-cpu", "faiss-gpu-cu12"}
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].strip().lower() for r in requirements}
+
+
+def _install_lines() -> dict[str, set[str]]:
+    """Every `pip install` of the project in the Makefile and the Dockerfiles: where -> the extras it names."""
+    found = {}
+    for name in ["Makefile", *DOCKERFILES]:
+        for n, line in enumerate((REPO / name).read_text().splitlines(), 1):
+            for group in re.findall(r"pip install .*?['\"](?:-e )?\.\[([^\]]+)\]['\"]", line):
+                found[f"{name}:{n}"] = {e.strip() for e in group.split(",")}
+    return found
+
+
+def test_each_environment_installs_exactly_one_faiss():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert not _requirement_names(project["dependencies"]) & FAISS, "faiss in the base dependencies"
+    from eedi.submit.kaggle import KAGGLE_EXTRAS
+
+    lines = _install_lines()
+    # the two CPU environments of the Makefile and the two CUDA images
+    assert len(lines) == 4, lines
+    lines["eedi package-kaggle --with-deps"] = set(KAGGLE_EXTRAS.split(","))
+    for where, chosen in lines.items():
+        assert chosen <= set(extras), f"{where}: unknown extras {chosen - set(extras)}"
+        names = set().union(*(_requirement_names(extras[e]) for e in chosen))
+        assert len(names & FAISS) == 1, f"{where} installs {sorted(names & FAISS) or 'no faiss'} ({sorted(chosen)})"
+    assert _requirement_names(extras["cpu"]) & FAISS == {"faiss-cpu"}
+    assert _requirement_names(extras["cuda"]) & FAISS == {"faiss-gpu-cu12"}

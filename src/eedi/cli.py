@@ -11,6 +11,7 @@ eedi score SUBMISSION --labels OUT/labels.csv [--train TRAIN_CSV] [--mapping MAP
 eedi serve --run-dir RUN [--host 127.0.0.1] [--port 8000] [--token T] [--no-reranker]
 eedi export-labels --run-dir RUN --out train.csv
 eedi config-docs --out docs/config.md [--check]
+eedi plan --config CONFIG [--gpus 8x80GB] [key=value ...]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from eedi.evaluation.summary import summary_text
 from eedi.fileio import write_text
 from eedi.pipeline.registry import STAGES
 from eedi.pipeline.runner import run_all, run_stage
+from eedi.plan import parse_gpus, plan_config, render, visible_gpus
 from eedi.pretrained import setup_models
 from eedi.sample.write import generate_sample
 from eedi.serve.cli import add_parsers as add_serve_parsers
@@ -95,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument(
         "--check", action="store_true", help="exit 1 if OUT differs from the schema instead of writing it"
     )
+    plan = sub.add_parser(
+        "plan",
+        help="the GPU memory each stage of a config needs, from architecture configs alone (no download)",
+        description="Per stage: parameters, weights at the configured precision, LoRA and optimizer state, "
+        "activations with and without gradient checkpointing, vLLM KV cache, and the per-GPU peak compared with "
+        "--gpus (or the GPUs torch sees). A stage that does not fit gets a FLAG line naming the key to change, "
+        "and the exit status is 1 (0: everything fits or no GPU to compare with; 2: a bad config).",
+    )
+    _add_config_args(plan)
+    plan.add_argument("--gpus", help="COUNTxSIZE, e.g. 8x80GB or 2x16GB (GB = 1e9 bytes; GiB also taken)")
+    plan.add_argument("--stages", help="comma-separated stage names or prefixes, e.g. predict (the Kaggle notebook)")
     models = sub.add_parser("setup-models", help="convert the small PyPI models into a local models folder")
     models.add_argument("--out", default="models")
     holdout = sub.add_parser(
@@ -229,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "package-kaggle":
             print(package(cfg, args.out, with_deps=args.with_deps))
             return 0
+        if args.command == "plan":
+            gpus = parse_gpus(args.gpus) if args.gpus else visible_gpus()
+            only = args.stages.split(",") if args.stages else None
+            result = plan_config(cfg, gpus, args.config or "<defaults>", only)
+            print(render(result))
+            return 1 if result.flagged else 0
         if args.command == "run":
             stages = args.stages.split(",") if args.stages else None
             run_all(args.config, args.overrides, cfg, force=args.force, stages=stages, verbose=args.verbose)

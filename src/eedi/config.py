@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from string import Formatter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -121,6 +121,10 @@ class InferConfig(Section):
     when the backend can run it, else the merged full-precision model."""
     backend: Literal["transformers", "vllm"] = "vllm"
     """vllm on CUDA (and on CPU for full-precision models); transformers anywhere."""
+    vllm_gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    """Share of each GPU's memory the vLLM reranker engine may take (weights + KV cache): infer, the Kaggle
+    notebook and reranker.backend=vllm scoring. vLLM refuses to start when less than this share is free, so
+    lower it when something else holds GPU memory (synthesis has its own, synthetic.engine.gpu_memory_utilization)."""
 
 
 DEFAULT_RETRIEVAL_INSTRUCTION = (
@@ -157,7 +161,8 @@ class RetrieverConfig(Section):
     max_length: int = Field(256, ge=8)
     """Token limit for queries and misconception texts."""
     load_in_4bit: bool = False
-    """QLoRA: load the backbone in bitsandbytes NF4 (CUDA only); the merged model is rebuilt in runtime.dtype."""
+    """QLoRA: load the backbone in bitsandbytes NF4 (CUDA only); the merged model is rebuilt in runtime.dtype.
+    The Kaggle notebook's predict path then loads that merged retriever in NF4 again (16 GB T4s)."""
     lora: LoraSection = Field(default_factory=LoraSection)
     top_layers: int | None = Field(None, ge=1)
     """Train only the top this-many transformer layers (their LoRA adapters, or their weights when LoRA is off);
@@ -365,8 +370,9 @@ class SyntheticEngineConfig(Section):
     quantization: str | None = None
     """vLLM quantization method (awq_marlin, awq, gptq_marlin, compressed-tensors, ...); None: read from the
     checkpoint's config. The CPU build has no 4-bit kernels on AVX2 machines."""
-    tensor_parallel_size: int = Field(1, ge=1)
-    """GPUs the model is sharded over (on CPU: NUMA nodes)."""
+    tensor_parallel_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    """GPUs the model is sharded over (on CPU: NUMA nodes); auto: every visible one. More than are visible is
+    refused when the stage starts. The model's attention heads must divide evenly by it (Qwen2.5-32B: 40)."""
     max_model_len: int = Field(2048, ge=1)
     """Context length the engine reserves per sequence: the longest prompt plus sampling.max_tokens must fit."""
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)

@@ -49,6 +49,17 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def peak_gpu_mb() -> float | None:
+    """Peak CUDA memory PyTorch's allocator reserved in this process (the largest GPU's), None without CUDA.
+
+    A vLLM engine runs in its own process: its memory is not in this figure."""
+    torch = sys.modules.get("torch")  # never import torch for this: a stage that did not is a CPU stage
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    peaks = [torch.cuda.max_memory_reserved(d) for d in range(torch.cuda.device_count())]
+    return round(max(peaks) / 2**20, 1) if peaks else None
+
+
 def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -105,6 +116,8 @@ class Manifest:
                 "summary": summary or {},
             }
         )
+        if (gpu := peak_gpu_mb()) is not None:
+            entry["peak_gpu_mb"] = gpu
         self.save()
 
     def fail(self, name: str, t0: float, error: BaseException) -> None:

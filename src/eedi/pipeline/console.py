@@ -117,6 +117,16 @@ def finished_detail(entry: Mapping[str, Any], name: str) -> str:
     return f"{_f(entry.get('seconds'), 0):>5} s  {_f((rss or 0) / 1024, 1)} GB  {figures}"
 
 
+def gpu_detail(entry: Mapping[str, Any], planned: float | None) -> str:
+    """``eedi run`` on CUDA: the stage's measured GPU peak beside ``eedi plan``'s (bytes); "" on CPU."""
+    measured = entry.get("peak_gpu_mb")
+    if measured is None and planned is None:
+        return ""
+    shown = "?" if measured is None else f"{measured * 2**20 / 1e9:.1f}"
+    plan = "" if planned is None else f" (plan {planned / 1e9:.1f})"
+    return f"  GPU peak {shown} GB{plan}"
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 

@@ -16,8 +16,9 @@ from eedi.evaluation.report import build_report
 from eedi.evaluation.summary import summary_text
 from eedi.layout import RunLayout
 from eedi.manifest import Manifest, input_hashes
-from eedi.pipeline.console import finished_detail, header, log_tail, stage_line
+from eedi.pipeline.console import finished_detail, gpu_detail, header, log_tail, stage_line
 from eedi.pipeline.registry import STAGES, get_stage, stage_fingerprint
+from eedi.plan import Gpus, plan_config, visible_gpus
 from eedi.progress import PROGRESS_FD
 from eedi.runtime import processes, resolve
 from eedi.tracking import log_stage
@@ -152,6 +153,17 @@ def stage_command(python: str, stage_name: str, distributed: bool, nproc: int) -
     return [python, "-m", "eedi", stage_name]
 
 
+def planned_gpu_peaks(cfg: Config, gpus: Gpus | None) -> dict[str, float]:
+    """``eedi plan``'s per-GPU peak of each stage (bytes), for the stage lines; empty without GPUs."""
+    if gpus is None:
+        return {}
+    try:
+        return {s.stage: s.peak for s in plan_config(cfg, gpus).stages}
+    except ConfigError as err:  # a model the plan has no architecture for: run anyway, without the column
+        log.warning("no plan beside the measured GPU peaks: %s", err)
+        return {}
+
+
 def run_all(
     config_path: str | None,
     overrides: list[str],
@@ -176,6 +188,7 @@ def run_all(
     layout = RunLayout(cfg.run_dir)
     layout.logs.mkdir(parents=True, exist_ok=True)
     print(header(config_path, cfg, len(selected)), flush=True)
+    planned = planned_gpu_peaks(cfg, visible_gpus())
     for index, stage in enumerate(selected, start=1):
         launched = stage.distributed and nproc > 1
         cmd = stage_command(pythons[stage.side], stage.name, stage.distributed, nproc)
@@ -208,7 +221,8 @@ def run_all(
         if entry.get("started") == started_before and entry.get("status") == "done":
             print(stage_line(index, len(selected), stage.name, "skipped", "(unchanged)"), flush=True)
         else:
-            print(stage_line(index, len(selected), stage.name, "done", finished_detail(entry, stage.name)), flush=True)
+            detail = finished_detail(entry, stage.name) + gpu_detail(entry, planned.get(stage.name))
+            print(stage_line(index, len(selected), stage.name, "done", detail), flush=True)
     if layout.report.exists():
         # evaluate rendered it before infer ran: render again so the timings table includes every stage
         build_report(layout.root)

@@ -155,34 +155,33 @@ class TransformersScorer:
             self._torch.cuda.empty_cache()
 
 
+def vllm_engine_kwargs(model_path: str | Path, placement: Placement, config: Config) -> dict:
+    """``vllm.LLM(**kwargs)`` of the reranker engine (no vLLM import: testable on the training side)."""
+    return {
+        "model": str(model_path),
+        "tokenizer": str(model_path),
+        "dtype": str(placement.dtype).removeprefix("torch."),
+        # CUDA graphs pay off on GPUs; the CPU build runs eagerly
+        "enforce_eager": not placement.is_cuda,
+        "max_model_len": config.reranker.max_length + 1,
+        "tensor_parallel_size": config.reranker.tensor_parallel_size,
+        "seed": config.seed,
+        # vLLM's share of each GPU; the CPU build sizes its KV cache from VLLM_CPU_KVCACHE_SPACE instead
+        "gpu_memory_utilization": config.infer.vllm_gpu_memory_utilization,
+    }
+
+
 class VLLMScorer:
     """vLLM engine returning the raw log-probabilities of the label tokens for one generated token."""
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        placement: Placement,
-        max_length: int,
-        tensor_parallel_size: int = 1,
-        seed: int = 0,
-        cpu_threads: int | None = None,
-    ):
+    def __init__(self, engine_kwargs: dict, placement: Placement, cpu_threads: int | None = None):
+        """``engine_kwargs``: :func:`vllm_engine_kwargs`."""
         # Lazy: vLLM lives in the inference environment only and takes seconds to import.
         from vllm import LLM
 
-        configure_vllm_cpu_threads(cpu_threads, placement.device, tensor_parallel_size)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        dtype = str(placement.dtype).removeprefix("torch.")
-        self.llm = LLM(
-            model=str(model_path),
-            tokenizer=str(model_path),
-            dtype=dtype,
-            # CUDA graphs pay off on GPUs; the CPU build runs eagerly
-            enforce_eager=not placement.is_cuda,
-            max_model_len=max_length + 1,
-            tensor_parallel_size=tensor_parallel_size,
-            seed=seed,
-        )
+        configure_vllm_cpu_threads(cpu_threads, placement.device, engine_kwargs["tensor_parallel_size"])
+        self.tokenizer = AutoTokenizer.from_pretrained(engine_kwargs["tokenizer"])
+        self.llm = LLM(**engine_kwargs)
 
     def label_logprobs(self, prompt_ids: Sequence[Sequence[int]], label_ids: Sequence[int]) -> np.ndarray:
         # Lazy: vLLM lives in the inference environment only and takes seconds to import.
@@ -222,14 +221,7 @@ def make_scorer(model_path: str | Path, backend: str, config: Config) -> LabelSc
                 "reranker backend 'vllm' needs vLLM, which lives in the inference environment "
                 "(.venv-infer); use backend=transformers on the training side"
             ) from None
-        return VLLMScorer(
-            model_path,
-            placement,
-            config.reranker.max_length,
-            config.reranker.tensor_parallel_size,
-            config.seed,
-            config.runtime.vllm_cpu_threads,
-        )
+        return VLLMScorer(vllm_engine_kwargs(model_path, placement, config), placement, config.runtime.vllm_cpu_threads)
     raise ValueError(f"unknown reranker backend {backend!r}; expected 'transformers' or 'vllm'")
 
 

@@ -206,8 +206,11 @@ def trained_retriever(run_dir: str | Path, folds: Sequence[int]) -> Path:
     )
 
 
-def load_encoder(path: str | Path, placement: Placement) -> SentenceTransformer:
-    """A trained retriever (a ``model/`` folder written by this stage)."""
+def load_encoder(path: str | Path, placement: Placement, load_in_4bit: bool = False) -> SentenceTransformer:
+    """A trained retriever (a ``model/`` folder written by this stage); ``load_in_4bit``: quantized to
+    bitsandbytes NF4 while loading (the Kaggle notebook on 16 GB T4s, retriever.load_in_4bit)."""
+    if load_in_4bit:
+        return SentenceTransformer(str(path), device=placement.device, model_kwargs=model_kwargs(placement, True))
     return SentenceTransformer(str(path), device=placement.device, model_kwargs={"dtype": placement.dtype})
 
 

@@ -9,7 +9,7 @@ Kaggle code-competition notebooks run offline, so everything the notebook
       retriever/       SentenceTransformer folder (full-fit model if trained, else the first fold's)
       reranker/        HF folder: quantized (gptq/awq) or merged, per infer.reranker_model
                        (absent when reranker.enabled is false: the submission is the retriever's ranking)
-      wheels/          the eedi wheel; with --with-deps also every dependency of [infer-cuda]
+      wheels/          the eedi wheel; with --with-deps also every dependency of [infer-cuda,cpu,nf4]
 
 ``--with-deps`` runs ``pip download`` for the inference extras, which needs an index (PyPI)
 and downloads vLLM's CUDA wheels (GBs): do it on the machine you upload from.
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[3]
 # The sample-data generator is a development tool: the notebook never needs it.
 NOT_IN_WHEEL = ("eedi/sample/",)
+# vLLM for CUDA plus faiss-cpu: exact search over 2,587 misconceptions needs no GPU, and one environment
+# gets exactly one faiss build (pyproject.toml, tests/test_docker.py); bitsandbytes for an NF4 retriever.
+KAGGLE_EXTRAS = "infer-cuda,cpu,nf4"
 
 
 def strip_wheel(wheel: Path, prefixes: tuple[str, ...] = NOT_IN_WHEEL) -> None:
@@ -63,7 +66,7 @@ def build_wheels(dest: Path, with_deps: bool) -> list[str]:
     )
     if with_deps:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "-d", str(dest), f"{REPO}[infer-cuda]"], check=True
+            [sys.executable, "-m", "pip", "download", "-q", "-d", str(dest), f"{REPO}[{KAGGLE_EXTRAS}]"], check=True
         )
     for wheel in dest.glob("eedi-*.whl"):
         strip_wheel(wheel)

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from eedi.config import Config, load_config
 from eedi.data.kaggle import load_kaggle_dir
@@ -21,7 +23,7 @@ from eedi.layout import FULL, RunLayout, model_name
 from eedi.rerank.schemes import rerank
 from eedi.retrieval.model import load_encoder
 from eedi.retrieval.search import CandidateRetriever, candidates_frame
-from eedi.runtime import resolve
+from eedi.runtime import Placement, resolve
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,37 @@ def rerank_to_submission(
 # --------------------------------------------------------------------------- Kaggle path
 
 
+def free_accelerator_memory(placement: Placement) -> None:
+    """Collect unreferenced models and hand PyTorch's cached CUDA blocks back to the driver.
+
+    vLLM sizes its engine from the memory the driver reports free (``infer.vllm_gpu_memory_utilization``
+    of the total must be free), and its engine core runs in another process: blocks still cached by
+    this process's allocator count as used and would make it refuse to start."""
+    gc.collect()
+    if placement.is_cuda and torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def retrieve_test_candidates(
+    config: Config, retriever_dir: Path, pairs: pd.DataFrame, test: pd.DataFrame, misconceptions: pd.DataFrame
+) -> pd.DataFrame:
+    """The retriever phase: load, search, and free the retriever before anything else loads.
+
+    The model lives only in this frame, so returning drops the last reference; the explicit free makes
+    its GPU memory available to the reranker engine started next (a 14B bi-encoder: 28 GB of bf16 weights)."""
+    placement = resolve(config.runtime)
+    # retriever.load_in_4bit: NF4 here too, so a 7B retriever takes ~5 GB of a 16 GB T4 instead of 15
+    retriever = load_encoder(retriever_dir, placement, config.retriever.load_in_4bit)
+    labelled = pairs[(pairs["split"] == "train") & pairs["MisconceptionId"].notna()]
+    scores, ids = CandidateRetriever(retriever, misconceptions, config, labelled).search(
+        test["QueryText"].tolist(), unseen_top1_share=config.index.unseen_top1_share
+    )
+    del retriever
+    free_accelerator_memory(placement)
+    return candidates_frame(test["QuestionId_Answer"].tolist(), scores, ids, -1, "test")
+
+
 def predict(
     data_dir: str | Path, package_dir: str | Path, work_dir: str | Path, overrides: list[str] | None = None
 ) -> Path:
@@ -103,14 +136,7 @@ def predict(
     pairs = build_pairs(data, config.data)
     test = pairs[pairs["split"] == "test"].reset_index(drop=True)
     misconceptions = data.mapping
-    placement = resolve(config.runtime)
-    retriever = load_encoder(package_dir / "retriever", placement)
-    labelled = pairs[(pairs["split"] == "train") & pairs["MisconceptionId"].notna()]
-    scores, ids = CandidateRetriever(retriever, misconceptions, config, labelled).search(
-        test["QueryText"].tolist(), unseen_top1_share=config.index.unseen_top1_share
-    )
-    del retriever  # free its memory before the reranker loads
-    candidates = candidates_frame(test["QuestionId_Answer"].tolist(), scores, ids, -1, "test")
+    candidates = retrieve_test_candidates(config, package_dir / "retriever", pairs, test, misconceptions)
     if not config.reranker.enabled:
         log.info(
             "retrieved top-%d for %d test pairs; reranker.enabled=false: submitting that ranking",

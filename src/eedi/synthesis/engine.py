@@ -79,7 +79,7 @@ def engine_settings(config: Config) -> EngineSettings:
         "model": model,
         "dtype": dtype,
         "quantization": engine.quantization,
-        "tensor_parallel_size": engine.tensor_parallel_size,
+        "tensor_parallel_size": tensor_parallel_size(engine.tensor_parallel_size, config),
         "max_model_len": engine.max_model_len,
         "gpu_memory_utilization": engine.gpu_memory_utilization,
         "enforce_eager": engine.enforce_eager,
@@ -92,6 +92,31 @@ def engine_settings(config: Config) -> EngineSettings:
     if engine.kv_cache_gb is not None:
         kwargs["kv_cache_memory_bytes"] = int(engine.kv_cache_gb * 2**30)
     return EngineSettings(kwargs)
+
+
+def visible_devices(config: Config) -> tuple[int, str]:
+    """What vLLM will be able to shard over, found without importing vLLM (the stage's first check)."""
+    if resolve(config.runtime).is_cuda:
+        # Lazy: config loading must not need torch.
+        import torch
+
+        return torch.cuda.device_count(), "CUDA device(s) visible (CUDA_VISIBLE_DEVICES)"
+    # vLLM's CPU backend binds one tensor-parallel rank per NUMA node.
+    nodes = [p for p in Path("/sys/devices/system/node").glob("node*") if p.name[4:].isdigit()]
+    return max(len(nodes), 1), "NUMA node(s) (vLLM CPU backend)"
+
+
+def tensor_parallel_size(wanted: int | str, config: Config) -> int:
+    """synthetic.engine.tensor_parallel_size resolved ("auto": every visible device) and checked against them."""
+    count, what = visible_devices(config)
+    if wanted == "auto":
+        return max(count, 1)
+    if wanted > count:
+        raise ConfigError(
+            f"synthetic.engine.tensor_parallel_size={wanted} but only {count} {what} available "
+            "(set it to at most that, or auto)"
+        )
+    return wanted
 
 
 def available_devices() -> tuple[int, str]:

@@ -184,9 +184,10 @@ def synthesize(config: Config, llm=None) -> dict:
     if not syn.enabled:
         log.info("synthetic.enabled=false: writing an empty %s", RunLayout(config.run_dir).synthetic_rows.name)
         return _empty_output(config, "disabled")
+    # first: a setting the machine cannot meet (tensor parallelism over absent GPUs) fails before any work
+    settings = engine_settings(config)
     run_dir = Path(config.run_dir)
     pairs, misconceptions = load_pairs(run_dir), load_misconceptions(run_dir)
-    settings = engine_settings(config)
     targets = select_targets(pairs, misconceptions, syn.budget, syn.max_train_examples)
     state = load_state(layout, settings_hash(config, pairs, misconceptions))
     pending = targets[~targets["MisconceptionId"].astype(str).isin(list(state.targets))]
