@@ -84,10 +84,12 @@ class Manifest:
             return False
         return all((self.run_dir / rel).exists() for rel in entry.get("outputs", []))
 
-    def start(self, name: str, stage_fingerprint: str) -> float:
+    def start(self, name: str, stage_fingerprint: str, keys: dict | None = None) -> float:
+        """``keys``: the config values the fingerprint was made of, so that a later run can say which changed."""
         self.data["stages"][name] = {
             "status": "running",
             "fingerprint": stage_fingerprint,
+            "keys": keys or {},
             "started": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
             "python": sys.executable,
         }
