@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -343,7 +343,3 @@ class Predictor:
         if self.scorer is not None:
             self.scorer.close()
             self.scorer = None
-
-
-def ranked_dict(entry: Ranked) -> dict:
-    return asdict(entry)
