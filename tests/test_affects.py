@@ -263,3 +263,97 @@ def test_stage_fingerprint_reads_only_declared_keys():
         index,
         upstream,
     )
+
+
+# --------------------------------------------------------------------------- end to end, on real stages
+
+QWEN_MODULES = "[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"
+
+
+@pytest.fixture
+def tiny_run(tmp_path, sample_dir, tiny_qwen2_path):
+    """prepare .. train-reranker on the first 120 questions of the sample, with the tiny random Qwen2 as retriever
+    and reranker (a few steps each). Returns a function: overrides -> (config, {stage: started})."""
+    import pandas as pd
+
+    from eedi.pipeline.runner import run_stage
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pd.read_csv(sample_dir / "train.csv").head(120).to_csv(data / "train.csv", index=False)
+    (data / "misconception_mapping.csv").write_bytes((sample_dir / "misconception_mapping.csv").read_bytes())
+    base = [
+        f"run_dir={tmp_path / 'run'}",
+        f"data.dir={data}",
+        "synthetic.enabled=false",
+        "synthetic.use=false",
+        f"retriever.backbone={tiny_qwen2_path}",
+        f"retriever.lora.target_modules={QWEN_MODULES}",
+        "retriever.top_layers=null",
+        "retriever.max_steps=2",
+        "retriever.batch_size=8",
+        "retriever.max_length=64",
+        "retriever.n_hard_negatives=2",
+        "retriever.n_random_negatives=4",
+        "retriever.hard_negative_refresh_steps=2",
+        "retriever.save_steps=2",
+        f"reranker.backbone={tiny_qwen2_path}",
+        f"reranker.lora.target_modules={QWEN_MODULES}",
+        "reranker.lora.layers=null",
+        "reranker.window_size=4",
+        "reranker.depth=4",
+        "reranker.stride=4",
+        "reranker.batch_size=4",
+        "reranker.max_train_windows=8",
+        "reranker.max_length=256",
+    ]
+
+    def run(*overrides: str):
+        cfg = load_config(CPU, [*base, *overrides])
+        predicted = {p.name for p in plan(cfg, STAGE_SUBSET) if p.runs}
+        before = {s: Manifest(cfg.run_dir).stage(s).get("started") for s in STAGE_SUBSET}
+        for stage in STAGE_SUBSET:
+            run_stage(cfg, stage)
+        after = {s: Manifest(cfg.run_dir).stage(s).get("started") for s in STAGE_SUBSET}
+        ran = {s for s in STAGE_SUBSET if before[s] != after[s]}
+        assert ran == predicted, (overrides, ran, predicted)  # the dry run told the truth
+        return cfg, ran
+
+    return run
+
+
+STAGE_SUBSET = ["prepare", "train-retriever", "index", "train-reranker"]
+
+
+def _model_state(run_dir: Path, stage_dir: str) -> tuple[str, float]:
+    """A fold-0 model's training fingerprint and its weights' modification time (unchanged: not retrained)."""
+    fold = Path(run_dir) / stage_dir / "fold_0"
+    weights = next(p for p in sorted(fold.rglob("*.safetensors")) if "adapter" not in p.parts)
+    return json.loads((fold / "train_info.json").read_text())["fingerprint"], weights.stat().st_mtime_ns
+
+
+@pytest.mark.slow
+def test_changed_keys_rerun_exactly_the_declared_stages_and_models(tiny_run):
+    cfg, ran = tiny_run()
+    assert ran == set(STAGE_SUBSET)
+    retriever, reranker = _model_state(cfg.run_dir, "retriever"), _model_state(cfg.run_dir, "reranker")
+
+    # how the reranker scores: the stage re-runs, its model is reused
+    cfg, ran = tiny_run("reranker.fusion_weight=0.25")
+    assert ran == {"train-reranker"}
+    assert _model_state(cfg.run_dir, "reranker") == reranker
+
+    # what the reranker trains: the stage re-runs and retrains, the retriever stays
+    cfg, ran = tiny_run("reranker.fusion_weight=0.25", "reranker.lr=0.002")
+    assert ran == {"train-reranker"}
+    assert _model_state(cfg.run_dir, "reranker")[0] != reranker[0]
+    assert _model_state(cfg.run_dir, "retriever") == retriever
+
+    # an index key: index and the stages after it re-run, the retriever is reused
+    cfg, ran = tiny_run("reranker.fusion_weight=0.25", "reranker.lr=0.002", "index.top_k=50")
+    assert ran == {"index", "train-reranker"}
+    assert _model_state(cfg.run_dir, "retriever") == retriever
+
+    # a key that changes no output: nothing runs
+    _, ran = tiny_run("reranker.fusion_weight=0.25", "reranker.lr=0.002", "index.top_k=50", "tracking.experiment=x")
+    assert ran == set()
