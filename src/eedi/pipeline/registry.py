@@ -82,7 +82,8 @@ def _retriever_outputs(cfg: Config) -> list[Path]:
 
 def _index_outputs(cfg: Config) -> list[Path]:
     lay = _layout(cfg)
-    return [lay.metrics, *[p for n in _fold_names(cfg) for p in (lay.index(n), lay.candidates(n))]]
+    names = _fold_names(cfg)
+    return [lay.metrics, *[p for n in names for p in (lay.index(n), lay.candidates(n), lay.embeddings(n))]]
 
 
 def _reranker_outputs(cfg: Config) -> list[Path]:

@@ -15,7 +15,14 @@ from eedi.evaluation.metrics import ranking_metrics
 from eedi.fileio import update_json, write_parquet
 from eedi.layout import FULL, TEST, RunLayout, model_name
 from eedi.retrieval.model import encode_corpus, encode_queries, load_encoder
-from eedi.retrieval.search import CandidateRetriever, candidates_frame, top_k_from_scores, unseen_prior
+from eedi.retrieval.search import (
+    CandidateRetriever,
+    EmbeddingStore,
+    candidates_frame,
+    embedding_key,
+    top_k_from_scores,
+    unseen_prior,
+)
 from eedi.runtime import resolve
 
 log = logging.getLogger(__name__)
@@ -33,15 +40,18 @@ def index_fold(
 ) -> dict:
     """Index + candidates + metrics for one fold."""
     layout, name = RunLayout(config.run_dir), model_name(fold)
-    model = load_encoder(_fold_model(layout, name), resolve(config.runtime))
+    model_dir = _fold_model(layout, name)
+    model = load_encoder(model_dir, resolve(config.runtime))
     train, val = train_val_split(pairs, folds, fold)
     if val.empty:
         raise ConfigError(f"folds.use: fold {fold} has no labelled validation pairs")
     seen = set(train["MisconceptionId"].astype(int))
-    retriever = CandidateRetriever(model, misconceptions, config, train)
+    store = EmbeddingStore(embedding_key(model_dir, config.retriever.encode_batch_size))
+    retriever = CandidateRetriever(model, misconceptions, config, train, store=store, record_searches=True)
     retriever.index.save(layout.index(name))
     val_scores, val_ids = retriever.search(val["QueryText"].tolist())
     train_scores, train_ids = retriever.search(train["QueryText"].tolist(), train["QuestionId"].tolist())
+    store.save(layout.embeddings(name))  # eedi serve loads these instead of embedding them again
     parts = [
         candidates_frame(val["QuestionId_Answer"].tolist(), val_scores, val_ids, fold, "val"),
         candidates_frame(train["QuestionId_Answer"].tolist(), train_scores, train_ids, fold, "train"),
@@ -68,11 +78,14 @@ def test_candidates(config: Config, test: pd.DataFrame, misconceptions: pd.DataF
     placement = resolve(config.runtime)
     queries = test["QueryText"].tolist()
     if layout.retriever_model(FULL).is_dir():
+        model_dir = _fold_model(layout, FULL)
+        store = EmbeddingStore(embedding_key(model_dir, config.retriever.encode_batch_size))
         retriever = CandidateRetriever(
-            load_encoder(_fold_model(layout, FULL), placement), misconceptions, config, labelled
+            load_encoder(model_dir, placement), misconceptions, config, labelled, store=store, record_searches=True
         )
         retriever.index.save(layout.index(FULL))
         scores, ids = retriever.search(queries)
+        store.save(layout.embeddings(FULL))
         source = FULL
     else:
         # Cosine scores of different fold models are on one scale (all unit vectors), so their mean is a

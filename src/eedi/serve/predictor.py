@@ -41,7 +41,7 @@ from eedi.layout import RunLayout
 from eedi.rerank.schemes import rerank as rerank_candidates
 from eedi.rerank.scoring import make_scorer
 from eedi.retrieval.model import load_encoder, trained_retriever
-from eedi.retrieval.search import CandidateRetriever, candidates_frame
+from eedi.retrieval.search import CandidateRetriever, EmbeddingStore, candidates_frame, embedding_key
 from eedi.runtime import resolve
 from eedi.serve.labels import Question, RunInfo
 from eedi.submit.predict import choose_reranker
@@ -164,8 +164,13 @@ class Predictor:
         pairs = load_pairs(self.run_dir)
         labelled = pairs[(pairs["split"] == "train") & pairs["MisconceptionId"].notna()]
         placement = resolve(self.config.runtime)
+        # The index stage saved what this model embedded: the misconceptions and the training queries.
+        key = embedding_key(self.retriever_path, self.config.retriever.encode_batch_size)
+        store_path = RunLayout(self.run_dir).embeddings(self.retriever_path.parent.name)
+        store = EmbeddingStore.load(store_path, key)
+        log.info("embeddings: %s", f"loaded from {store_path}" if store else "none stored for this model: encoding")
         self.retriever = CandidateRetriever(
-            load_encoder(self.retriever_path, placement), self.misconceptions, self.config, labelled
+            load_encoder(self.retriever_path, placement), self.misconceptions, self.config, labelled, store=store
         )
         self.top_k = min(self.config.index.top_k, len(self.misconceptions))
         self.reranker_name: str | None = None
