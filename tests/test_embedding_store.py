@@ -100,3 +100,36 @@ def test_a_store_made_by_another_model_is_not_used(indexed_tiny_run, monkeypatch
     info.write_text(json.dumps({**entry, "fingerprint": "another-model"}))
     _, embedded = _predictor(indexed_tiny_run, monkeypatch)
     assert embedded  # the stored embeddings belong to another model: embedded afresh
+
+
+def test_the_kaggle_package_carries_the_embeddings(indexed_tiny_run, sample_dir, tmp_path, monkeypatch):
+    """The package holds the retriever's stored embeddings; predicting from it embeds the test queries only."""
+    from eedi.config import Config
+    from eedi.manifest import Manifest
+    from eedi.submit.kaggle import package
+    from eedi.submit.predict import PACKAGE_EMBEDDINGS, predict
+
+    resolved = Manifest(indexed_tiny_run).data["config"]
+    config = Config.model_validate({**resolved, "reranker": {**resolved["reranker"], "enabled": False}})
+    out = package(config, tmp_path / "package")
+    info = json.loads((out / "package.json").read_text())
+    assert (out / PACKAGE_EMBEDDINGS).is_file()
+    assert info["embeddings_key"] == embedding_key(RunLayout(indexed_tiny_run).retriever_model("fold_0"), 64)
+
+    data = tmp_path / "kaggle"
+    data.mkdir()
+    for name in ("train.csv", "misconception_mapping.csv"):
+        (data / name).write_bytes((Path(config.data.dir) / name).read_bytes())
+    test = pd.read_csv(sample_dir / "test.csv").head(5)
+    test.to_csv(data / "test.csv", index=False)
+    embedded: list[int] = []
+    for name in ("encode_corpus", "encode_queries"):
+        real = getattr(search, name)
+        monkeypatch.setattr(
+            search,
+            name,
+            lambda model, texts, batch, real=real: (embedded.append(len(texts)), real(model, texts, batch))[1],
+        )
+    submission = predict(data, out, tmp_path / "work")
+    assert len(pd.read_csv(submission)) == 15  # 5 questions x 3 wrong answers
+    assert embedded == [15]  # the test queries; the misconceptions and the label memory came from the package

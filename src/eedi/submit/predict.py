@@ -20,7 +20,7 @@ from eedi.evaluation.metrics import candidates_to_lists
 from eedi.layout import FULL, RunLayout, model_name
 from eedi.rerank.schemes import rerank
 from eedi.retrieval.model import load_encoder
-from eedi.retrieval.search import CandidateRetriever, candidates_frame
+from eedi.retrieval.search import CandidateRetriever, EmbeddingStore, candidates_frame
 from eedi.runtime import resolve
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # Quantized weights need W4A16 kernels: vLLM has them on CUDA only (the CPU build here has no
 # cpu_gemm_wna16); transformers decompresses them on load on any device.
 QUANTIZED = ("gptq", "awq")
+PACKAGE_EMBEDDINGS = "retriever-embeddings.npz"
+"""In a Kaggle package: what the index stage embedded with the packaged retriever (key in package.json)."""
 
 
 def reranker_candidates(run_dir: Path, folds: list[int]) -> dict[str, Path]:
@@ -106,7 +108,11 @@ def predict(
     placement = resolve(config.runtime)
     retriever = load_encoder(package_dir / "retriever", placement)
     labelled = pairs[(pairs["split"] == "train") & pairs["MisconceptionId"].notna()]
-    scores, ids = CandidateRetriever(retriever, misconceptions, config, labelled).search(test["QueryText"].tolist())
+    # The misconceptions and the training queries the index stage embedded with this retriever, if packaged.
+    store = EmbeddingStore.load(package_dir / PACKAGE_EMBEDDINGS, package.get("embeddings_key") or "")
+    scores, ids = CandidateRetriever(retriever, misconceptions, config, labelled, store=store).search(
+        test["QueryText"].tolist()
+    )
     del retriever  # free its memory before the reranker loads
     candidates = candidates_frame(test["QuestionId_Answer"].tolist(), scores, ids, -1, "test")
     if not config.reranker.enabled:
