@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -133,7 +134,7 @@ def test_side_python_prefers_the_variable_then_the_project_environment(tmp_path,
         runner.side_python("infer")
     monkeypatch.delenv("EEDI_INFER_PYTHON")
     monkeypatch.delenv("EEDI_TRAIN_PYTHON", raising=False)
-    monkeypatch.setitem(runner.SIDE_MARKERS, "infer", "a_package_nobody_has")
+    monkeypatch.setitem(runner.SIDES, "infer", replace(runner.SIDES["infer"], packages=("a_package_nobody_has",)))
     with pytest.raises(EnvironmentMissing, match=r"infer environment \(\.venv-infer.*make setup"):
         runner.side_python("infer")
     python = tmp_path / ".venv-infer" / "bin" / "python"

@@ -20,12 +20,21 @@ from eedi.data.schema import RERANKED_COLUMNS
 from eedi.errors import MissingInputError
 from eedi.rerank.prompts import build_prompt
 from eedi.rerank.schemes import fuse, minmax, rerank
-from eedi.rerank.scoring import LabelTokenError, label_token_ids, score_prompts
+from eedi.rerank.scoring import LabelTokenError, TransformersScorer, label_token_ids, make_scorer, score_with
 from eedi.rerank.stage import run
 from eedi.rerank.train import sft_dataset, train_reranker
 from eedi.rerank.windows import sliding_windows, training_windows
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def score(model_path, prompts: list[str], n_labels: int, backend: str, config) -> np.ndarray:
+    """(len(prompts), n_labels) label probabilities, through the engine and scoring rerank() uses."""
+    scorer = make_scorer(model_path, backend, config)
+    try:
+        return np.stack(score_with(scorer, prompts, [n_labels] * len(prompts), config.reranker.max_length))
+    finally:
+        scorer.close()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -309,12 +318,28 @@ def test_tiny_qwen2_merges_and_scores_a_window(tiny_reranker, tiny_qwen2_path):
     tokenizer = AutoTokenizer.from_pretrained(merged)
     pairs, misconceptions, _ = toy_tables()
     prompt = build_prompt(pairs.iloc[0], misconceptions["MisconceptionName"][:4].tolist(), tokenizer)
-    probs = score_prompts(merged, [prompt, prompt], 4, "transformers", config)
+    probs = score(merged, [prompt, prompt], 4, "transformers", config)
     assert probs.shape == (2, 4)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
     np.testing.assert_allclose(probs[0], probs[1], atol=1e-6)
-    base = score_prompts(tiny_qwen2_path, [prompt], 4, "transformers", config)
+    base = score(tiny_qwen2_path, [prompt], 4, "transformers", config)
     assert not np.allclose(base, probs[0], atol=1e-4), "the merged adapter changes the scores"
+
+
+def test_a_left_padded_batch_scores_each_prompt_as_if_alone(tiny_qwen2_path):
+    """Prompts of different lengths in one batch (tokenizer.pad, left padding, positions from the mask) score
+    exactly as each one alone, unpadded: the padding never reaches the label's probability."""
+    from eedi.config import RuntimeConfig
+    from eedi.runtime import resolve
+
+    cpu = resolve(RuntimeConfig(device="cpu", dtype="float32"))
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(5, 400, size=n).tolist() for n in (7, 31, 12, 64, 3)]
+    labels = [30, 31, 32, 33]
+    batched = TransformersScorer(tiny_qwen2_path, cpu, batch_size=8).label_logprobs(prompts, labels)
+    alone = TransformersScorer(tiny_qwen2_path, cpu, batch_size=1).label_logprobs(prompts, labels)
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5)
+    assert np.ptp(batched[:, 0]) > 1e-3  # the prompts do score differently: the comparison means something
 
 
 @pytest.mark.parametrize("scheme", ["sliding", "tournament"])

@@ -12,9 +12,18 @@ from transformers import AutoTokenizer
 from eedi.config import load_config
 from eedi.data.artifacts import load_misconceptions, load_pairs
 from eedi.rerank.prompts import build_prompt
-from eedi.rerank.scoring import score_prompts
+from eedi.rerank.scoring import make_scorer, score_with
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def score(model_path, prompts: list[str], n_labels: int, backend: str, config) -> np.ndarray:
+    """(len(prompts), n_labels) label probabilities, through the engine and scoring rerank() uses."""
+    scorer = make_scorer(model_path, backend, config)
+    try:
+        return np.stack(score_with(scorer, prompts, [n_labels] * len(prompts), config.reranker.max_length))
+    finally:
+        scorer.close()
 
 
 @pytest.mark.infer
@@ -32,8 +41,8 @@ def test_vllm_and_transformers_scores_agree(tmp_path, smollm2_path, prepared_sam
     prompts = [
         build_prompt(pair, list(rng.choice(names, 5, replace=False)), tokenizer) for pair in pairs.to_dict("records")
     ]
-    hf = score_prompts(smollm2_path, prompts, 5, "transformers", config)
-    vllm = score_prompts(smollm2_path, prompts, 5, "vllm", config)
+    hf = score(smollm2_path, prompts, 5, "transformers", config)
+    vllm = score(smollm2_path, prompts, 5, "vllm", config)
     assert hf.shape == vllm.shape == (12, 5)
     np.testing.assert_allclose(vllm.sum(axis=1), 1.0, atol=1e-6)
     assert np.abs(hf - vllm).max() < 1e-4, np.abs(hf - vllm).max()

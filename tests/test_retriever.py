@@ -472,3 +472,46 @@ def test_ddp_two_processes_on_gloo(prepared_sample, tiny_qwen2_path, tmp_path):
     assert model.encode(["a query"]).shape == (1, 64)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["stages"]["train-retriever"]["status"] == "done"
+
+
+def test_the_negatives_follow_the_trainer_not_the_logging_callback(
+    prepared_sample, tiny_qwen2_path, tmp_path, monkeypatch
+):
+    """Without the logging callback EpochLog the weights come out the same: the epoch the negatives are drawn for
+    and the step at which the mined-negatives cache refreshes come from the Trainer's own schedule."""
+    import pandas as pd
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from eedi.retrieval import train as retriever
+
+    def adapter(name: str) -> dict:
+        run_dir = fresh_run(prepared_sample, tmp_path / name)
+        # 12 questions (8 training, 4 validation): 3 steps of 8 rows an epoch, so the 6 steps span two epochs
+        folds = pd.read_csv(run_dir / "folds.csv")
+        keep = set(folds.loc[folds["fold"] != 0, "QuestionId"][:8]) | set(
+            folds.loc[folds["fold"] == 0, "QuestionId"][:4]
+        )
+        pairs = pd.read_parquet(run_dir / "pairs.parquet")
+        pairs[pairs["QuestionId"].isin(keep)].to_parquet(run_dir / "pairs.parquet")
+        cfg = tiny_config(run_dir, tiny_qwen2_path, "retriever.max_steps=6", "retriever.gradient_cache=false")
+        retriever.train_fold(cfg, 0)
+        return load_file(str(run_dir / "retriever" / "fold_0" / "adapter" / "adapter_model.safetensors"))
+
+    epochs = []
+    set_epoch = retriever.EpochBatchSampler.set_epoch
+    monkeypatch.setattr(
+        retriever.EpochBatchSampler, "set_epoch", lambda self, epoch: (epochs.append(epoch), set_epoch(self, epoch))
+    )
+    logged = adapter("logged")
+    assert list(dict.fromkeys(epochs)) == [0, 1]  # the Trainer itself sets each epoch, before its batches
+
+    class NoLog(TrainerCallback):
+        def __init__(self, *args, **kwargs):
+            pass
+
+    monkeypatch.setattr(retriever, "EpochLog", NoLog)
+    unlogged = adapter("unlogged")
+    assert unlogged.keys() == logged.keys()
+    for key in logged:
+        torch.testing.assert_close(unlogged[key], logged[key], atol=0, rtol=0)

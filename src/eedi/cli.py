@@ -1,7 +1,7 @@
 """``eedi``: one subcommand per stage, plus ``run`` for all of them in order.
 
 eedi <stage> --config CONFIG [key=value ...]
-eedi run --config configs/cpu.yaml data.dir=DIR run_dir=OUT folds.use=[0] [-v]
+eedi run --config configs/cpu.yaml data.dir=DIR run_dir=OUT folds.use=[0] [-v] [--dry-run]
 eedi summary RUN_DIR
 eedi download --out DIR [--zip ZIP]
 eedi make-sample --out data/sample
@@ -32,6 +32,7 @@ from eedi.evaluation.metrics import UNSEEN_SHARE
 from eedi.evaluation.report import build_report
 from eedi.evaluation.summary import summary_text
 from eedi.fileio import write_text
+from eedi.pipeline.dryrun import dry_run_text
 from eedi.pipeline.registry import STAGES
 from eedi.pipeline.runner import run_all, run_stage
 from eedi.plan import parse_gpus, plan_config, render, visible_gpus
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every stage in order, skipping those already current")
     _add_config_args(run)
     run.add_argument("--stages", help="comma-separated subset of stages")
+    run.add_argument(
+        "--dry-run", action="store_true", help="print which stages would run and why (the changed keys); run none"
+    )
     run.add_argument(
         "-v",
         "--verbose",
@@ -250,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if result.flagged else 0
         if args.command == "run":
             stages = args.stages.split(",") if args.stages else None
+            if args.dry_run:
+                print(dry_run_text(cfg, stages, force=args.force))
+                return 0
             run_all(args.config, args.overrides, cfg, force=args.force, stages=stages, verbose=args.verbose)
             return 0
 

@@ -20,6 +20,7 @@ every labelled row (``folds.full_fit``); :func:`model_name` makes one. Tables ar
       retriever/<name>/          model/, adapter/ (LoRA), checkpoints/ (while training),
                                  train_log.jsonl, train_info.json                          (train-retriever)
       index/<name>.faiss         FAISS index (+ <name>.ids.npy: row -> MisconceptionId)    (index)
+      index/<name>.embeddings.npz  the texts it embedded, for eedi serve                  (index)
       candidates/<name>.parquet  top-K per pair: fold_k (train + val parts), test          (index)
       reranker/<name>/           merged/, adapter/, checkpoints/, train_windows.parquet,
                                  train_log.jsonl, train_info.json                          (train-reranker)
@@ -171,6 +172,10 @@ class RunLayout:
     # ---- index
     def index(self, name: str) -> Path:
         return self.root / "index" / f"{name}.faiss"
+
+    def embeddings(self, name: str) -> Path:
+        """The embeddings the index stage made with one retriever model (``eedi.retrieval.search.EmbeddingStore``)."""
+        return self.root / "index" / f"{name}.embeddings.npz"
 
     def candidates(self, name: str) -> Path:
         """``candidates/fold_k.parquet`` or ``candidates/test.parquet`` (name :data:`TEST`)."""

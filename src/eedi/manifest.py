@@ -1,10 +1,10 @@
 """The run manifest: ``run_dir/manifest.json``.
 
 It records the resolved config, the git commit, the hashes of the input files, and for
-every stage its status, fingerprint, timings, peak memory, output files and summary.
-A stage is skipped on re-run when its fingerprint (its config sections, the fingerprints
-of the stages it reads from, the hashes of the raw input files) is unchanged, it finished,
-and its outputs still exist.
+every stage its status, fingerprint (and the config values it was made of), timings, peak memory,
+output files and summary. A stage is skipped on re-run when its fingerprint (the config keys it reads,
+the fingerprints of the stages it reads from, the hashes of the raw input files) is unchanged, it
+finished, and its outputs still exist.
 """
 
 from __future__ import annotations
@@ -95,10 +95,12 @@ class Manifest:
             return False
         return all((self.run_dir / rel).exists() for rel in entry.get("outputs", []))
 
-    def start(self, name: str, stage_fingerprint: str) -> float:
+    def start(self, name: str, stage_fingerprint: str, keys: dict | None = None) -> float:
+        """``keys``: the config values the fingerprint was made of, so that a later run can say which changed."""
         self.data["stages"][name] = {
             "status": "running",
             "fingerprint": stage_fingerprint,
+            "keys": keys or {},
             "started": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
             "python": sys.executable,
         }

@@ -1,8 +1,8 @@
 """Where and in what precision models run: one place that decides, every stage asks.
 
 * device ``auto`` -> CUDA when available, else CPU.
-* dtype ``auto`` -> bfloat16 on CUDA; float32 on CPU, where bf16 matmuls are emulated on
-  CPUs without AVX-512 (8x slower for SmolLM2 embeddings on this project's CI machines).
+* dtype ``auto`` -> bfloat16 on CUDA; float32 on CPU, because CPUs without AVX-512 emulate bf16
+  matmuls, which makes them several times slower than float32 there.
 * attention: SDPA everywhere (PyTorch picks its flash kernel on CUDA); ``flash_attention_2``
   when the package is installed on CUDA.
 * 4-bit loading (QLoRA): bitsandbytes NF4. Meant for CUDA; bitsandbytes 0.50's CPU backend also
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Placement:
     device: str
-    dtype: torch.dtype  # noqa: F821 (torch imported lazily: config loading must not need it)
+    dtype: torch.dtype
     attn_implementation: str
 
     @property

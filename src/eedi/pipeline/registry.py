@@ -1,14 +1,17 @@
 """The stage registry: every stage in order, with what it reads, what it writes and where it runs.
 
-Each stage is a function ``run(config) -> summary`` in one library module, plus the list
-of config sections and upstream stages it depends on (for its fingerprint) and the
-output paths it promises (for the manifest and for skipping). ``scripts/NN_*.py`` and
+Each stage is a function ``run(config) -> summary`` in one library module, plus the upstream
+stages it depends on and the output paths it promises (for the manifest and for skipping). The
+config keys it reads are declared beside each key in :mod:`eedi.config` (``affects``): with the
+upstream fingerprints they make the stage's fingerprint. ``scripts/NN_*.py`` and
 ``eedi <stage>`` both call :func:`eedi.pipeline.runner.run_stage`; ``eedi run`` calls every stage in order.
 
 Stages live on one of two sides, because vLLM and llm-compressor pin different
 versions of compressed-tensors and cannot share one environment (docs/architecture.md, "Two
-environments"). ``eedi run`` starts each stage with the interpreter of its side, taken
-from ``EEDI_TRAIN_PYTHON`` / ``EEDI_INFER_PYTHON`` (default: the current interpreter).
+environments"). :data:`SIDES` declares each side's environment, packages and the engines it can
+run; :func:`check_sides` rejects a config whose engine key cannot run on its stage's side before
+any stage starts. ``eedi run`` starts each stage with the interpreter of its side, taken
+from ``EEDI_TRAIN_PYTHON`` / ``EEDI_INFER_PYTHON`` (default: the side's environment).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from eedi.config import Config, config_to_dict
+from eedi.config import Config, config_to_dict, key_effects, stage_values
 from eedi.errors import ConfigError
 from eedi.layout import FULL, RunLayout, model_name
 from eedi.manifest import Manifest, fingerprint, input_hashes
@@ -35,8 +38,6 @@ class Stage:
     target: str
     """'module:function' taking the Config and returning a JSON-able summary."""
     side: Literal["train", "infer"]
-    sections: tuple[str, ...]
-    """Config sections whose values change this stage's output."""
     upstream: tuple[str, ...] = ()
     """Stages whose outputs this one reads: their fingerprints are part of this one's."""
     outputs: Callable[[Config], list[Path]] = field(default=lambda cfg: [])
@@ -46,6 +47,9 @@ class Stage:
     distributed: bool = False
     """Trains on several processes (DDP through the Trainer): ``eedi run`` starts it under torchrun when
     ``runtime.nproc_per_node`` > 1, and only rank 0 records it in the manifest."""
+    engines: tuple[str, ...] = ()
+    """Config keys naming the engine this stage scores or generates with: its value must be one of the
+    side's ``engines`` (:func:`check_sides`)."""
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -81,7 +85,8 @@ def _retriever_outputs(cfg: Config) -> list[Path]:
 
 def _index_outputs(cfg: Config) -> list[Path]:
     lay = _layout(cfg)
-    return [lay.metrics, *[p for n in _fold_names(cfg) for p in (lay.index(n), lay.candidates(n))]]
+    names = _fold_names(cfg)
+    return [lay.metrics, *[p for n in names for p in (lay.index(n), lay.candidates(n), lay.embeddings(n))]]
 
 
 def _reranker_outputs(cfg: Config) -> list[Path]:
@@ -121,7 +126,6 @@ STAGES: list[Stage] = [
         "validate the Kaggle CSVs, pivot to (question, wrong answer) pairs, assign folds",
         "eedi.data.stage:run",
         "train",
-        ("data", "folds"),
         outputs=_prepare_outputs,
     ),
     Stage(
@@ -129,7 +133,6 @@ STAGES: list[Stage] = [
         "generate questions for misconceptions with few or no training examples (vLLM)",
         "eedi.synthesis.stage:run",
         "infer",
-        ("synthetic", "data", "runtime"),
         upstream=("prepare",),
         outputs=_synthesize_outputs,
     ),
@@ -138,7 +141,6 @@ STAGES: list[Stage] = [
         "fine-tune the bi-encoder retriever per fold (hard + random + in-batch negatives)",
         "eedi.retrieval.stage:train",
         "train",
-        ("retriever", "folds", "data", "synthetic"),
         upstream=("prepare", "synthesize"),
         requires=("prepare",),
         outputs=_retriever_outputs,
@@ -149,7 +151,6 @@ STAGES: list[Stage] = [
         "embed the misconceptions into a FAISS index, write top-K candidates and retriever metrics",
         "eedi.retrieval.stage:index",
         "train",
-        ("retriever", "index", "folds"),
         upstream=("train-retriever",),
         outputs=_index_outputs,
     ),
@@ -158,27 +159,26 @@ STAGES: list[Stage] = [
         "fine-tune the listwise LoRA reranker per fold, rerank its validation candidates",
         "eedi.rerank.stage:run",
         "train",
-        ("reranker", "folds", "data", "synthetic"),
         upstream=("index", "synthesize"),
         requires=("index",),
         outputs=_reranker_outputs,
         distributed=True,
+        engines=("reranker.backend",),
     ),
     Stage(
         "quantize",
         "merge the reranker, quantize it to 4-bit weights with GPTQ and AWQ, reload and measure",
         "eedi.quantize.stage:run",
         "train",
-        ("quantize", "reranker", "folds"),
         upstream=("train-reranker",),
         outputs=_quantize_outputs,
+        engines=("quantize.backend",),
     ),
     Stage(
         "evaluate",
         "average every fold's metrics, write metrics.json['mean'] and report.html",
         "eedi.evaluation.stage:run",
         "train",
-        ("folds",),
         upstream=("index", "train-reranker", "quantize"),
         requires=("index",),
         outputs=_evaluate_outputs,
@@ -188,10 +188,10 @@ STAGES: list[Stage] = [
         "rerank the test pairs' candidates and write submission.csv",
         "eedi.submit.stage:run",
         "infer",
-        ("infer", "reranker", "index"),
         upstream=("index", "train-reranker", "quantize"),
         requires=("index", "train-reranker"),
         outputs=_infer_outputs,
+        engines=("infer.backend",),
     ),
 ]
 
@@ -203,9 +203,76 @@ def get_stage(name: str) -> Stage:
     raise ConfigError(f"unknown stage {name!r}; stages: {[s.name for s in STAGES]}")
 
 
-def stage_fingerprint(cfg: Config, stage: Stage, manifest: Manifest) -> str:
-    resolved = config_to_dict(cfg)
-    sections = {s: resolved.get(s) for s in stage.sections}
-    upstream = {u: manifest.stage(u).get("fingerprint") for u in stage.upstream}
+def stage_fingerprint(cfg: Config, stage: Stage, upstream: dict[str, str | None]) -> str:
+    """The stage's config keys (as declared in :mod:`eedi.config`), its upstream stages' fingerprints and, for
+    ``prepare``, the raw input files: the stage is current while this is unchanged."""
     inputs = input_hashes(Path(cfg.data.dir)) if stage.name == "prepare" else {}
-    return fingerprint(stage.name, sections, upstream, inputs, resolved["seed"])
+    return fingerprint(stage.name, stage_values(cfg, stage.name), {u: upstream.get(u) for u in stage.upstream}, inputs)
+
+
+def recorded_upstream(stage: Stage, manifest: Manifest) -> dict[str, str | None]:
+    """The fingerprints the manifest holds for ``stage``'s upstream stages."""
+    return {u: manifest.stage(u).get("fingerprint") for u in stage.upstream}
+
+
+# --------------------------------------------------------------------------- sides
+
+
+@dataclass(frozen=True)
+class Side:
+    """One of the two environments (docs/architecture.md, "Two environments")."""
+
+    name: str
+    environment: str
+    """The virtual environment ``make setup`` builds for it."""
+    packages: tuple[str, ...]
+    """Packages only this side has, which its stages import: the first one tells a running interpreter's side."""
+    engines: tuple[str, ...]
+    """Values an engine key (``Stage.engines``) may take in a stage of this side."""
+    lacks: str
+    """What the other engines need and this side does not install, for the error message."""
+
+
+SIDES: dict[str, Side] = {
+    "train": Side(
+        "train",
+        ".venv-train",
+        ("llmcompressor", "trl", "peft"),
+        ("transformers",),
+        "no vLLM, which runs in the infer side's stages",
+    ),
+    "infer": Side("infer", ".venv-infer", ("vllm",), ("transformers", "vllm"), "every engine"),
+}
+
+
+def check_sides(cfg: Config, stages: list[str] | None = None) -> None:
+    """Raise one ConfigError naming every engine key whose value cannot run on its stage's side
+    (``stages``: the stages about to run; default all)."""
+    resolved = config_to_dict(cfg)
+    problems = []
+    for stage in STAGES:
+        if stages is not None and stage.name not in stages:
+            continue
+        side = SIDES[stage.side]
+        for key in stage.engines:
+            section, name = key.split(".")
+            value = resolved[section][name]
+            if value not in side.engines:
+                problems.append(
+                    f"{key}: {value} cannot run in stage {stage.name} ({side.name} side has {side.lacks}); "
+                    f"use {' or '.join(side.engines)}"
+                )
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _check_declarations() -> None:
+    """Every stage a config key names exists: a typo would otherwise make the key affect nothing."""
+    names = {s.name for s in STAGES}
+    for key, effect in key_effects().items():
+        unknown = sorted(set(effect.stages) - names)
+        if unknown:
+            raise ConfigError(f"config key {key} declares unknown stage(s) {unknown}; stages: {sorted(names)}")
+
+
+_check_declarations()

@@ -10,14 +10,14 @@ import sys
 import threading
 from pathlib import Path
 
-from eedi.config import Config, config_to_dict
+from eedi.config import Config, config_to_dict, stage_values
 from eedi.errors import ConfigError, EnvironmentMissing, MissingInputError, StageFailed
 from eedi.evaluation.report import build_report
 from eedi.evaluation.summary import summary_text
 from eedi.layout import RunLayout
 from eedi.manifest import Manifest, input_hashes
 from eedi.pipeline.console import finished_detail, gpu_detail, header, log_tail, stage_line
-from eedi.pipeline.registry import STAGES, get_stage, stage_fingerprint
+from eedi.pipeline.registry import SIDES, STAGES, check_sides, get_stage, recorded_upstream, stage_fingerprint
 from eedi.plan import Gpus, plan_config, visible_gpus
 from eedi.progress import PROGRESS_FD
 from eedi.runtime import processes, resolve
@@ -32,6 +32,7 @@ def run_stage(cfg: Config, name: str, force: bool = False) -> dict:
     A training stage launched by torchrun runs in every process; rank 0 alone writes the manifest (the other
     ranks read it to decide alike whether the stage is current)."""
     stage = get_stage(name)
+    check_sides(cfg, [name])  # before anything is written: an engine its side lacks would fail mid-stage
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     main = processes(resolve(cfg.runtime), cfg.runtime.ddp_timeout).is_main if stage.distributed else True
@@ -41,13 +42,13 @@ def run_stage(cfg: Config, name: str, force: bool = False) -> dict:
         raise MissingInputError(f"stage {name!r} needs {missing} in {run_dir}: their outputs", missing[0])
     if main:
         manifest.record_run(config_to_dict(cfg), input_hashes(Path(cfg.data.dir)))
-    fp = stage_fingerprint(cfg, stage, manifest)
+    fp = stage_fingerprint(cfg, stage, recorded_upstream(stage, manifest))
     if not force and manifest.is_current(name, fp):
         log.info("stage %s is up to date (fingerprint %s): skipped", name, fp)
         return manifest.stage(name).get("summary", {})
     if not main:
         return stage.function()(cfg) or {}
-    t0 = manifest.start(name, fp)
+    t0 = manifest.start(name, fp, stage_values(cfg, name))
     try:
         summary = stage.function()(cfg) or {}
     except BaseException as err:
@@ -62,9 +63,6 @@ def run_stage(cfg: Config, name: str, force: bool = False) -> dict:
     return summary
 
 
-# A package only the side's own environment has: it tells the current interpreter's side.
-SIDE_MARKERS = {"train": "llmcompressor", "infer": "vllm"}
-SIDE_ENVIRONMENTS = {"train": ".venv-train", "infer": ".venv-infer"}
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -82,13 +80,14 @@ def side_python(side: str) -> str:
         return chosen
     for root in dict.fromkeys([Path.cwd(), REPO]):
         # absolute(), not resolve(): a venv's python is a symlink, and resolving it leaves the venv
-        candidate = (root / SIDE_ENVIRONMENTS[side] / "bin" / "python").absolute()
+        candidate = (root / SIDES[side].environment / "bin" / "python").absolute()
         if candidate.exists():
             return str(candidate)
-    if importlib.util.find_spec(SIDE_MARKERS[side]) is not None:
+    marker = SIDES[side].packages[0]  # a package only this side has: it tells the current interpreter's side
+    if importlib.util.find_spec(marker) is not None:
         return sys.executable
     raise EnvironmentMissing(
-        f"the {side} stages need the {side} environment ({SIDE_ENVIRONMENTS[side]}, with {SIDE_MARKERS[side]}): "
+        f"the {side} stages need the {side} environment ({SIDES[side].environment}, with {marker}): "
         f"run `make setup`, or set EEDI_{side.upper()}_PYTHON to its python"
     )
 
@@ -183,6 +182,7 @@ def run_all(
     if unknown:
         raise ConfigError(f"--stages: unknown stage(s) {unknown}; stages: {[s.name for s in STAGES]}")
     selected = [s for s in STAGES if stages is None or s.name in stages]
+    check_sides(cfg, [s.name for s in selected])
     pythons = {side: side_python(side) for side in dict.fromkeys(s.side for s in selected)}
     nproc = nproc_per_node(cfg)
     layout = RunLayout(cfg.run_dir)

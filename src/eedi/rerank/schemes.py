@@ -20,20 +20,6 @@ from eedi.rerank.windows import sliding_windows
 log = logging.getLogger(__name__)
 
 
-# Keys that change how a trained reranker is *used*, not what it learns: changing them
-# re-scores the validation fold without retraining.
-SCORING_KEYS = (
-    "scheme",
-    "stride",
-    "advance",
-    "fusion_weight",
-    "tta_reverse",
-    "backend",
-    "score_batch_size",
-    "tensor_parallel_size",
-)
-
-
 def minmax(scores: np.ndarray) -> np.ndarray:
     """Retriever cosines scaled to [0, 1] within one pair's reranked candidates (all equal -> 0)."""
     scores = np.asarray(scores, dtype=np.float64)

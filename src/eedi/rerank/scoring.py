@@ -115,8 +115,8 @@ class TransformersScorer:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).to(placement.device).eval()
         self.device = placement.device
         self.batch_size = batch_size
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token  # masked out: any id will do
         self._torch = torch
 
     def label_logprobs(self, prompt_ids: Sequence[Sequence[int]], label_ids: Sequence[int]) -> np.ndarray:
@@ -128,18 +128,17 @@ class TransformersScorer:
         starts = range(0, len(order), self.batch_size)
         for start in bar(starts, desc="reranker windows", unit="batch", disable=len(starts) < 2):
             idx = order[start : start + self.batch_size]
-            batch = [list(prompt_ids[i]) for i in idx]
-            width = max(len(ids) for ids in batch)
-            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ids in enumerate(batch):  # left padding: every prompt ends at the last position
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                mask[row, width - len(ids) :] = 1
-            # Positions count real tokens only, as if each prompt were alone (as vLLM sees it).
+            # Left padding: every prompt ends at the last position, whose logits give the label's probability.
+            batch = self.tokenizer.pad(
+                {"input_ids": [list(prompt_ids[i]) for i in idx]}, padding_side="left", return_tensors="pt"
+            )
+            mask = batch["attention_mask"]
+            # A plain forward pass numbers positions 0..width-1 whatever the mask: count real tokens only, as if
+            # each prompt were alone (as vLLM sees it).
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
                 logits = self.model(
-                    input_ids=input_ids.to(self.device),
+                    input_ids=batch["input_ids"].to(self.device),
                     attention_mask=mask.to(self.device),
                     position_ids=positions.to(self.device),
                     logits_to_keep=1,
@@ -234,15 +233,3 @@ def score_with(scorer: LabelScorer, prompts: Sequence[str], sizes: Sequence[int]
     label_ids = label_token_ids(scorer.tokenizer, max(sizes))
     raw = scorer.label_logprobs(encode_prompts(scorer.tokenizer, prompts, max_length), label_ids)
     return [normalise(row[:n]) for row, n in zip(raw, sizes)]
-
-
-def score_prompts(
-    model_path: str | Path, prompts: Sequence[str], n_labels: int, backend: str, config: Config
-) -> np.ndarray:
-    """(len(prompts), n_labels) probabilities of the labels A.. for prompts built by ``build_prompt``."""
-    scorer = make_scorer(model_path, backend, config)
-    try:
-        probs = score_with(scorer, prompts, [n_labels] * len(prompts), config.reranker.max_length)
-    finally:
-        scorer.close()
-    return np.stack(probs) if probs else np.empty((0, n_labels))

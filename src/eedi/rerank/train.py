@@ -25,18 +25,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
-from eedi.config import Config, RerankerConfig, config_to_dict
+from eedi.config import Config, RerankerConfig, trained_values
 from eedi.errors import ConfigError, EnvironmentMissing
-from eedi.fileio import atomic_dir, file_sha256, read_json, write_json, write_parquet, write_text
+from eedi.fileio import atomic_dir, read_json, write_json, write_parquet, write_text
 from eedi.layout import RunLayout
 from eedi.manifest import fingerprint
 from eedi.progress import TrainerProgress
 from eedi.rerank.prompts import misconception_names, pair_lookup, window_prompts
-from eedi.rerank.schemes import SCORING_KEYS
 from eedi.rerank.scoring import encode_prompts, label_token_ids
 from eedi.rerank.windows import training_windows
 from eedi.runtime import Processes, barrier, model_kwargs, processes, resolve
-from eedi.synthesis.store import load_synthetic_pairs
+from eedi.synthesis.store import load_synthetic_pairs, training_files
 from eedi.tracking import trainer_report_to
 
 log = logging.getLogger(__name__)
@@ -220,10 +219,10 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, config: Config) 
 
 
 def training_fingerprint(config: Config, candidates_path: Path) -> str:
-    rc = config_to_dict(config)["reranker"]
-    trained = {k: v for k, v in rc.items() if k not in SCORING_KEYS}
-    synthetic = config_to_dict(config).get("synthetic")
-    return fingerprint(trained, synthetic, config.seed, file_sha256(candidates_path))
+    """What one reranker depends on: the keys declared to change what train-reranker trains
+    (:func:`eedi.config.trained_values`) and the files it trains on (its fold's candidates, the pairs, the
+    misconceptions, the synthetic rows when used). Keys that only change how it scores re-score, never retrain."""
+    return fingerprint(trained_values(config, "train-reranker"), training_files(config, candidates_path))
 
 
 def synthetic_rows(config: Config) -> pd.DataFrame | None:

@@ -17,8 +17,10 @@ from eedi.layout import FULL, TEST, RunLayout, model_name
 from eedi.retrieval.model import encode_corpus, encode_queries, load_encoder
 from eedi.retrieval.search import (
     CandidateRetriever,
+    EmbeddingStore,
     calibrate_unseen_boost,
     candidates_frame,
+    embedding_key,
     top_k_from_scores,
     unseen_prior,
 )
@@ -39,15 +41,18 @@ def index_fold(
 ) -> dict:
     """Index + candidates + metrics for one fold."""
     layout, name = RunLayout(config.run_dir), model_name(fold)
-    model = load_encoder(_fold_model(layout, name), resolve(config.runtime))
+    model_dir = _fold_model(layout, name)
+    model = load_encoder(model_dir, resolve(config.runtime))
     train, val = train_val_split(pairs, folds, fold)
     if val.empty:
         raise ConfigError(f"folds.use: fold {fold} has no labelled validation pairs")
     seen = set(train["MisconceptionId"].astype(int))
-    retriever = CandidateRetriever(model, misconceptions, config, train)
+    store = EmbeddingStore(embedding_key(model_dir, config.retriever.encode_batch_size))
+    retriever = CandidateRetriever(model, misconceptions, config, train, store=store, record_searches=True)
     retriever.index.save(layout.index(name))
     val_scores, val_ids = retriever.search(val["QueryText"].tolist())
     train_scores, train_ids = retriever.search(train["QueryText"].tolist(), train["QuestionId"].tolist())
+    store.save(layout.embeddings(name))  # eedi serve loads these instead of embedding them again
     parts = [
         candidates_frame(val["QuestionId_Answer"].tolist(), val_scores, val_ids, fold, "val"),
         candidates_frame(train["QuestionId_Answer"].tolist(), train_scores, train_ids, fold, "train"),
@@ -85,12 +90,15 @@ def test_candidates(
     placement = resolve(config.runtime)
     queries = test["QueryText"].tolist()
     if layout.retriever_model(FULL).is_dir():
+        model_dir = _fold_model(layout, FULL)
+        store = EmbeddingStore(embedding_key(model_dir, config.retriever.encode_batch_size))
         retriever = CandidateRetriever(
-            load_encoder(_fold_model(layout, FULL), placement), misconceptions, config, labelled
+            load_encoder(model_dir, placement), misconceptions, config, labelled, store=store, record_searches=True
         )
         retriever.index.save(layout.index(FULL))
         scores, ids = retriever.search(queries, unseen_top1_share=config.index.unseen_top1_share)
         boost = config.index.unseen_boost if retriever.calibrated_boost is None else retriever.calibrated_boost
+        store.save(layout.embeddings(FULL))
         source = FULL
     else:
         # Cosine scores of different fold models are on one scale (all unit vectors), so their mean is a

@@ -121,7 +121,8 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
         self.uses_gradient_cache = gradient_cache
         self.encode_batch_size = encode_batch_size
         self.global_step = 0
-        """Set by the Trainer callback before every step: the cache refreshes on multiples of refresh_steps."""
+        """The Trainer's optimizer step, set by it before every step (``RetrieverTrainer.compute_loss``): the
+        cache refreshes on multiples of refresh_steps."""
         self.refresh_seconds = 0.0
         self._cache: Tensor | None = None
         self._cache_step: int | None = None

@@ -13,9 +13,8 @@ Hard negatives are mined online, inside the loss (:class:`HardNegativeInfoNCE`):
 embeddings of the training step itself are scored against a cache of the misconception
 embeddings, which is re-embedded every ``hard_negative_refresh_steps`` optimizer steps. The
 corpus is small (2,587 misconceptions in the competition), so the cache costs a fraction of a
-step, and mining needs no separate pass over the training queries: the usual
-mine-then-train loop spends about a third of an epoch's compute on that pass, every time
-it refreshes.
+step, and mining needs no separate pass over the training queries, which the usual
+mine-then-train loop makes over all of them every time it refreshes.
 
 The corpus is also closed, so a batch of 32 queries with 15 hard and 96 random negatives
 each names the same misconception many times over. Each misconception of a batch is embedded
@@ -25,12 +24,12 @@ cheaper than one column per negative (the layout of sentence-transformers'
 documents, so another query that shares it, or names it as a negative, can never turn it
 into a false negative. Deduplication makes ``BatchSamplers.NO_DUPLICATES`` unnecessary.
 
-Padding is the other cost on a CPU: queries range from 46 to 123 tokens, and a random batch
-of 32 padded to its longest spends ~40% of its compute on padding. Queries and documents are
-therefore ordered by length inside the batch and embedded in chunks of ``mini_batch_size``,
-each padded only to its own longest text. (Batches *of* similar length would save the same and
-more, but on Eedi-like data length follows the question template: such batches hold one kind of
-question, their in-batch negatives lose variety, and fold-0 MAP@25 fell by 0.05 in our runs.)
+Padding is the other cost on a CPU: query lengths vary several-fold, and a random batch padded to
+its longest spends much of its compute on padding. Queries and documents are therefore ordered by
+length inside the batch and embedded in chunks of ``mini_batch_size``, each padded only to its own
+longest text. (Batches *of* similar length would save more, but on Eedi-like data length follows
+the question template: such batches hold one kind of question and their in-batch negatives lose the
+variety the contrastive loss learns from.)
 
 With ``gradient_cache`` the loss runs sentence-transformers' GradCache
 (:class:`CachedLossMixin`) over those chunks: memory is bounded by one chunk of activations, so

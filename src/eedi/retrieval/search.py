@@ -19,7 +19,8 @@ import pandas as pd
 from eedi.config import Config
 from eedi.data.schema import CANDIDATE_COLUMNS
 from eedi.errors import ConfigError, MissingInputError
-from eedi.fileio import atomic_path
+from eedi.fileio import atomic_path, read_json
+from eedi.layout import RunLayout
 from eedi.retrieval.model import encode_corpus, encode_queries
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,59 @@ def top_k_from_scores(scores: np.ndarray, corpus_ids: np.ndarray, k: int) -> tup
     return np.take_along_axis(scores, order, axis=1), corpus_ids[order]
 
 
+class EmbeddingStore:
+    """Texts and their embeddings by one retriever model: the misconceptions (documents) and the queries.
+
+    The index stage records every text it embeds and saves the store beside the index, under a key that names
+    the model (its training fingerprint) and the encoding settings; ``eedi serve`` loads it instead of embedding
+    the corpus and the label memory's training queries again. A store under another key is never used."""
+
+    KINDS = ("documents", "queries")
+
+    def __init__(self, key: str):
+        self.key = key
+        self.vectors: dict[str, dict[str, np.ndarray]] = {kind: {} for kind in self.KINDS}
+
+    def lookup(self, kind: str, texts: Sequence[str]) -> np.ndarray | None:
+        """The embeddings of ``texts`` when every one is stored, else None."""
+        known = self.vectors[kind]
+        if not texts or any(t not in known for t in texts):
+            return None
+        return np.stack([known[t] for t in texts])
+
+    def record(self, kind: str, texts: Sequence[str], embeddings: np.ndarray) -> None:
+        self.vectors[kind].update(zip(texts, embeddings))
+
+    def save(self, path: str | Path) -> Path:
+        arrays: dict[str, np.ndarray] = {"key": np.array(self.key)}
+        for kind, known in self.vectors.items():
+            arrays[f"{kind}_texts"] = np.array(list(known), dtype=str)
+            arrays[kind] = np.stack(list(known.values())) if known else np.empty((0, 0), np.float32)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, key: str) -> EmbeddingStore | None:
+        """The store at ``path`` if it was made under ``key``; None when it is missing or made by another model."""
+        if not Path(path).is_file():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["key"]) != key:
+                return None
+            store = cls(key)
+            for kind in cls.KINDS:
+                store.record(kind, data[f"{kind}_texts"].tolist(), data[kind])
+        return store
+
+
+def embedding_key(model_dir: str | Path, encode_batch_size: int) -> str:
+    """What a stored embedding depends on: the model's training fingerprint (its train_info.json) and the batch
+    it was encoded in (padding per batch moves the last float bits)."""
+    info = read_json(RunLayout.train_info(Path(model_dir).parent), default={}) or {}
+    return f"{info.get('fingerprint', 'untrained')}-{encode_batch_size}"
+
+
 class CandidateRetriever:
     """The one retrieval path (index stage, infer stage, Kaggle notebook) for one trained retriever model.
 
@@ -177,15 +231,29 @@ class CandidateRetriever:
     ``labelled`` (QuestionId, QueryText, MisconceptionId) are the model's training pairs; None (zero-shot
     use) disables both terms. Exact for ``index.kind=exact``: every misconception the memory can raise is
     rescored, so none outside the FAISS top-k can be missed.
+
+    ``store``: embeddings this model made before (:class:`EmbeddingStore`); the misconceptions and the label
+    memory's queries are taken from it when it holds all of them. What is embedded here is recorded in
+    ``self.store`` (with ``record_searches`` the searched queries too), for the index stage to save.
     """
 
-    def __init__(self, model, misconceptions: pd.DataFrame, config: Config, labelled: pd.DataFrame | None = None):
+    def __init__(
+        self,
+        model,
+        misconceptions: pd.DataFrame,
+        config: Config,
+        labelled: pd.DataFrame | None = None,
+        store: EmbeddingStore | None = None,
+        record_searches: bool = False,
+    ):
         self.model, self.config = model, config
+        self.record_searches = record_searches
         self._encode_queries = encode_queries
         self.batch = config.retriever.encode_batch_size
+        self.store = store if store is not None else EmbeddingStore("")
         self.corpus_ids = misconceptions["MisconceptionId"].to_numpy(np.int64)
         self.column = {int(m): i for i, m in enumerate(self.corpus_ids)}
-        self.documents = encode_corpus(model, misconceptions["MisconceptionName"].tolist(), self.batch)
+        self.documents = self._embed(encode_corpus, "documents", misconceptions["MisconceptionName"].tolist())
         cfg = config.index
         seen = [] if labelled is None else labelled["MisconceptionId"].astype(int).tolist()
         # zero-shot use (no labelled pairs): nothing counts as seen, and neither prior nor calibration applies
@@ -198,7 +266,7 @@ class CandidateRetriever:
         self.set_unseen_boost(cfg.unseen_boost)
         self.memory: FaissIndex | None = None
         if labelled is not None and len(labelled) and cfg.knn_weight > 0:
-            embeddings = encode_queries(model, labelled["QueryText"].tolist(), self.batch)
+            embeddings = self._embed(encode_queries, "queries", labelled["QueryText"].tolist())
             self.memory = FaissIndex.build(
                 embeddings, labelled["MisconceptionId"].to_numpy(np.int64), kind="exact", use_gpu=cfg.use_gpu
             )
@@ -216,6 +284,16 @@ class CandidateRetriever:
             use_gpu=self.config.index.use_gpu,
         )
 
+    def _embed(self, encode, kind: str, texts: list[str]) -> np.ndarray:
+        """The stored embeddings of ``texts`` when the store holds every one; else all of them encoded in one
+        call, as without a store (so the index stage's outputs do not depend on what was stored before)."""
+        stored = self.store.lookup(kind, texts)
+        if stored is not None:
+            return stored
+        embeddings = encode(self.model, texts, self.batch)
+        self.store.record(kind, texts, embeddings)
+        return embeddings
+
     def search(
         self,
         query_texts: list[str],
@@ -230,6 +308,8 @@ class CandidateRetriever:
         if not query_texts:
             return np.empty((0, min(k, len(self.corpus_ids))), np.float32), np.empty((0, 0), np.int64)
         queries = self._encode_queries(self.model, query_texts, self.batch)
+        if self.record_searches:
+            self.store.record("queries", query_texts, queries)
         if unseen_top1_share is not None:
             dense = self.dense_scores(queries, question_ids)
             self.calibrated_boost = calibrate_unseen_boost(dense, self.unseen, unseen_top1_share)

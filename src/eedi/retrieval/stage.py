@@ -40,6 +40,8 @@ product = cosine) and retrieves the top ``index.top_k`` for every labelled train
 Outputs (under ``run_dir``; schemas in docs/stages.md):
 
 * ``index/fold_{k}.faiss`` + ``index/fold_{k}.ids.npy`` - the index and its row -> MisconceptionId map.
+* ``index/fold_{k}.embeddings.npz`` - what the model embedded (misconceptions, queries), keyed by its training
+  fingerprint: ``eedi serve`` loads it instead of embedding them again.
 * ``candidates/fold_{k}.parquet`` - ``QuestionId_Answer, rank (0-based), MisconceptionId, score, fold,
   part``: part = ``val`` for fold k's own pairs (out-of-fold: the model never trained on them) and
   ``train`` for the pairs it trained on (the reranker trains on those).

@@ -15,17 +15,23 @@ import torch
 from datasets import Dataset
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers import (
+    DefaultBatchSampler,
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
+from torch.utils.data import RandomSampler
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from eedi.config import Config, RetrieverConfig, config_to_dict
+from eedi.config import Config, RetrieverConfig, trained_values
 from eedi.data.artifacts import load_folds, load_misconceptions, load_pairs
 from eedi.data.folds import train_val_split
 from eedi.data.schema import K
 from eedi.errors import DataError
 from eedi.evaluation.metrics import ranking_metrics
-from eedi.fileio import atomic_dir, file_sha256, read_json, write_json, write_text
+from eedi.fileio import atomic_dir, read_json, write_json, write_text
 from eedi.layout import RunLayout, model_name
 from eedi.manifest import fingerprint
 from eedi.progress import TrainerProgress
@@ -34,7 +40,7 @@ from eedi.retrieval.model import build_model, encode_corpus, encode_queries, fre
 from eedi.retrieval.negatives import ContrastiveCollator, NegativeSampler
 from eedi.retrieval.search import top_k_from_scores
 from eedi.runtime import Placement, Processes, barrier, processes, resolve
-from eedi.synthesis.store import load_synthetic_pairs
+from eedi.synthesis.store import load_synthetic_pairs, training_files
 from eedi.tracking import trainer_report_to
 
 log = logging.getLogger(__name__)
@@ -74,8 +80,8 @@ def _training_rows(config: Config, fold: int | None) -> tuple[pd.DataFrame, pd.D
 
 
 class EpochLog(TrainerCallback):
-    """Logs mean loss and validation MAP@25 per epoch (epoch 0 = the starting model, zero-shot); keeps the
-    loss's negative sampling in step with the Trainer (epoch for the draws, global step for the cache)."""
+    """Logs mean loss and validation MAP@25 per epoch (epoch 0 = the starting model, zero-shot). Logging only:
+    the negatives follow the Trainer's own schedule (:class:`RetrieverTrainer`), with or without this callback."""
 
     def __init__(
         self,
@@ -125,12 +131,8 @@ class EpochLog(TrainerCallback):
         self._record(state, model, world_size=args.world_size)
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.loss.sampler.epoch = int(round(state.epoch or 0))
         self.loss.refresh_seconds = 0.0
         self.t_epoch, self.cpu_epoch = time.perf_counter(), time.process_time()
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.loss.global_step = state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -152,8 +154,38 @@ class EpochLog(TrainerCallback):
             self._record(state, model, **self._timing())
 
 
+class EpochBatchSampler(DefaultBatchSampler):
+    """sentence-transformers' default batch sampler, whose ``set_epoch`` (called by the Trainer at the start of
+    every epoch, a resumed one included, and on every DDP rank) also sets the epoch the negatives are drawn for."""
+
+    def __init__(self, *args, negatives: NegativeSampler, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.negatives = negatives
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.negatives.epoch = epoch
+
+
 class RetrieverTrainer(SentenceTransformerTrainer):
-    """Resumes LoRA runs from the adapter alone, instead of re-reading the whole backbone."""
+    """Drives the loss's negative sampling from its own schedule: the epoch through the batch sampler's
+    ``set_epoch``, the optimizer step (when the mined-negatives cache refreshes) from ``self.state``. Resumes
+    LoRA runs from the adapter alone, instead of re-reading the whole backbone."""
+
+    def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
+        return EpochBatchSampler(
+            RandomSampler(dataset, generator=generator),
+            batch_size=batch_size,
+            drop_last=drop_last,
+            valid_label_columns=valid_label_columns,
+            generator=generator,
+            seed=seed,
+            negatives=self.loss.sampler,
+        )
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        self.loss.global_step = self.state.global_step
+        return super().compute_loss(model, inputs, *args, **kwargs)
 
     def _load_from_checkpoint(self, checkpoint_path: str, model=None) -> None:
         adapter = Path(checkpoint_path) / "adapter_model.safetensors"
@@ -334,17 +366,11 @@ def _fit(
 
 
 def _train_fingerprint(config: Config, fold: int | None) -> str:
-    """What one fold's model depends on: every retriever key, the synthetic rows' settings, the seed,
-    the prepared pairs and folds, and the fold. A fold's model is reused only under the same one."""
-    resolved, layout = config_to_dict(config), RunLayout(config.run_dir)
-    return fingerprint(
-        resolved["retriever"],
-        resolved.get("synthetic"),
-        config.seed,
-        model_name(fold),
-        file_sha256(layout.pairs),
-        file_sha256(layout.folds),
-    )
+    """What one fold's model depends on: the keys declared to change what train-retriever trains
+    (:func:`eedi.config.trained_values`), the fold, and the files it trains on (the prepared pairs and folds,
+    the synthetic rows when used). A fold's model is reused only under the same one."""
+    files = training_files(config, RunLayout(config.run_dir).folds)
+    return fingerprint(trained_values(config, "train-retriever"), model_name(fold), files)
 
 
 def _summary(log_path: Path) -> dict:

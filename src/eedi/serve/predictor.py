@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ from eedi.rerank.schemes import rerank as rerank_candidates
 from eedi.rerank.scoring import make_scorer
 from eedi.retrieval.indexing import TEST_UNSEEN_BOOST
 from eedi.retrieval.model import load_encoder, trained_retriever
-from eedi.retrieval.search import CandidateRetriever, candidates_frame
+from eedi.retrieval.search import CandidateRetriever, EmbeddingStore, candidates_frame, embedding_key
 from eedi.runtime import resolve
 from eedi.serve.labels import Question, RunInfo
 from eedi.submit.predict import choose_reranker
@@ -167,8 +167,13 @@ class Predictor:
         pairs = load_pairs(self.run_dir)
         labelled = pairs[(pairs["split"] == "train") & pairs["MisconceptionId"].notna()]
         placement = resolve(self.config.runtime)
+        # The index stage saved what this model embedded: the misconceptions and the training queries.
+        key = embedding_key(self.retriever_path, self.config.retriever.encode_batch_size)
+        store_path = RunLayout(self.run_dir).embeddings(self.retriever_path.parent.name)
+        store = EmbeddingStore.load(store_path, key)
+        log.info("embeddings: %s", f"loaded from {store_path}" if store else "none stored for this model: encoding")
         self.retriever = CandidateRetriever(
-            load_encoder(self.retriever_path, placement), self.misconceptions, self.config, labelled
+            load_encoder(self.retriever_path, placement), self.misconceptions, self.config, labelled, store=store
         )
         self.unseen_boost = self._run_unseen_boost()
         self.retriever.set_unseen_boost(self.unseen_boost)
@@ -368,7 +373,3 @@ class Predictor:
         if self.scorer is not None:
             self.scorer.close()
             self.scorer = None
-
-
-def ranked_dict(entry: Ranked) -> dict:
-    return asdict(entry)

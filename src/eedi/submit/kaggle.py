@@ -7,6 +7,7 @@ Kaggle code-competition notebooks run offline, so everything the notebook
       package.json     what was packaged: source run, commit, models, wheels, sha256 of each file
       config.yaml      the run's resolved config (query template, top-K, reranker windows, fusion)
       retriever/       SentenceTransformer folder (full-fit model if trained, else the first fold's)
+      retriever-embeddings.npz  what the index stage embedded with it (misconceptions, training queries)
       reranker/        HF folder: quantized (gptq/awq) or merged, per infer.reranker_model
                        (absent when reranker.enabled is false: the submission is the retriever's ranking)
       wheels/          the eedi wheel; with --with-deps also every dependency of [infer-cuda,cpu,nf4]
@@ -29,9 +30,11 @@ import yaml
 
 from eedi.config import Config, config_to_dict
 from eedi.fileio import atomic_dir, atomic_path, tree_sha256, write_json
+from eedi.layout import RunLayout
 from eedi.manifest import git_commit
 from eedi.retrieval.model import trained_retriever
-from eedi.submit.predict import choose_reranker
+from eedi.retrieval.search import EmbeddingStore, embedding_key
+from eedi.submit.predict import PACKAGE_EMBEDDINGS, choose_reranker
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +82,14 @@ def package(config: Config, out: str | Path, with_deps: bool = False) -> Path:
     retriever = trained_retriever(config.run_dir, config.folds.use)
     # reranker.enabled=false (the CPU-Kaggle profile): the package holds the retriever alone.
     reranker_kind, reranker = choose_reranker(config) if config.reranker.enabled else (None, None)
+    embeddings_key = embedding_key(retriever, config.retriever.encode_batch_size)
+    embeddings = RunLayout(config.run_dir).embeddings(retriever.parent.name)
+    if EmbeddingStore.load(embeddings, embeddings_key) is None:
+        embeddings_key = None  # none made by this model: the notebook embeds the corpus itself
     with atomic_dir(out) as tmp:
         shutil.copytree(retriever, tmp / "retriever")
+        if embeddings_key is not None:
+            shutil.copy(embeddings, tmp / PACKAGE_EMBEDDINGS)
         if reranker is not None:
             shutil.copytree(reranker, tmp / "reranker")
         (tmp / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
@@ -92,6 +101,7 @@ def package(config: Config, out: str | Path, with_deps: bool = False) -> Path:
                 "git_commit": git_commit(),
                 "run_dir": str(Path(config.run_dir).resolve()),
                 "retriever_from": str(retriever),
+                "embeddings_key": embeddings_key,
                 "reranker_kind": reranker_kind,
                 "reranker_from": str(reranker) if reranker is not None else None,
                 "infer_backend": config.infer.backend,

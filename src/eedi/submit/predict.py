@@ -22,7 +22,7 @@ from eedi.evaluation.metrics import candidates_to_lists
 from eedi.layout import FULL, RunLayout, model_name
 from eedi.rerank.schemes import rerank
 from eedi.retrieval.model import load_encoder
-from eedi.retrieval.search import CandidateRetriever, candidates_frame
+from eedi.retrieval.search import CandidateRetriever, EmbeddingStore, candidates_frame
 from eedi.runtime import Placement, resolve
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 # Quantized weights need W4A16 kernels: vLLM has them on CUDA only (the CPU build here has no
 # cpu_gemm_wna16); transformers decompresses them on load on any device.
 QUANTIZED = ("gptq", "awq")
+PACKAGE_EMBEDDINGS = "retriever-embeddings.npz"
+"""In a Kaggle package: what the index stage embedded with the packaged retriever (key in package.json)."""
 
 
 def reranker_candidates(run_dir: Path, folds: list[int]) -> dict[str, Path]:
@@ -96,7 +98,12 @@ def free_accelerator_memory(placement: Placement) -> None:
 
 
 def retrieve_test_candidates(
-    config: Config, retriever_dir: Path, pairs: pd.DataFrame, test: pd.DataFrame, misconceptions: pd.DataFrame
+    config: Config,
+    retriever_dir: Path,
+    pairs: pd.DataFrame,
+    test: pd.DataFrame,
+    misconceptions: pd.DataFrame,
+    store: EmbeddingStore | None = None,
 ) -> pd.DataFrame:
     """The retriever phase: load, search, and free the retriever before anything else loads.
 
@@ -106,7 +113,7 @@ def retrieve_test_candidates(
     # retriever.load_in_4bit: NF4 here too, so a 7B retriever takes ~5 GB of a 16 GB T4 instead of 15
     retriever = load_encoder(retriever_dir, placement, config.retriever.load_in_4bit)
     labelled = pairs[(pairs["split"] == "train") & pairs["MisconceptionId"].notna()]
-    scores, ids = CandidateRetriever(retriever, misconceptions, config, labelled).search(
+    scores, ids = CandidateRetriever(retriever, misconceptions, config, labelled, store=store).search(
         test["QueryText"].tolist(), unseen_top1_share=config.index.unseen_top1_share
     )
     del retriever
@@ -136,7 +143,9 @@ def predict(
     pairs = build_pairs(data, config.data)
     test = pairs[pairs["split"] == "test"].reset_index(drop=True)
     misconceptions = data.mapping
-    candidates = retrieve_test_candidates(config, package_dir / "retriever", pairs, test, misconceptions)
+    # The misconceptions and the training queries the index stage embedded with this retriever, if packaged.
+    store = EmbeddingStore.load(package_dir / PACKAGE_EMBEDDINGS, package.get("embeddings_key") or "")
+    candidates = retrieve_test_candidates(config, package_dir / "retriever", pairs, test, misconceptions, store)
     if not config.reranker.enabled:
         log.info(
             "retrieved top-%d for %d test pairs; reranker.enabled=false: submitting that ranking",

@@ -16,7 +16,7 @@ from eedi.data.kaggle import load_questions
 from eedi.data.pairs import pivot_pairs
 from eedi.data.schema import LETTERS, PAIR_COLUMNS, TRAIN_COLUMNS
 from eedi.errors import DataError
-from eedi.fileio import read_json, write_csv, write_json
+from eedi.fileio import file_sha256, read_json, write_csv, write_json
 from eedi.layout import RunLayout
 from eedi.synthesis.engine import Candidate
 
@@ -156,6 +156,14 @@ def save_state(layout: RunLayout, state: State) -> None:
 
 
 # --------------------------------------------------------------------------- for the training stages
+
+
+def training_files(config: Config, *paths: Path) -> dict[str, str | None]:
+    """sha256 of the files a model trains on: pairs.parquet, misconceptions.parquet, ``paths``, and the synthetic
+    rows when synthetic.use is on (None where a file does not exist). Part of a trained model's fingerprint."""
+    layout = RunLayout(config.run_dir)
+    files = [layout.pairs, layout.misconceptions, *paths, *([layout.synthetic_rows] if config.synthetic.use else [])]
+    return {str(Path(p).relative_to(layout.root)): file_sha256(p) if Path(p).is_file() else None for p in files}
 
 
 def load_synthetic_pairs(config: Config) -> pd.DataFrame:
