@@ -4,6 +4,7 @@ memory, and `eedi run` launching the training stages under torchrun (2 CPU proce
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -65,7 +66,8 @@ def test_two_gloo_ranks_resolve_their_rank_and_device(tmp_path):
     script.write_text(RANKS_SCRIPT)
     result = torchrun(str(script), timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
-    seen = sorted((json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")), key=str)
+    # the ranks share one stdout: their lines can interleave, so take every (flat) JSON object in it
+    seen = sorted((json.loads(obj) for obj in re.findall(r"\{[^{}]*\}", result.stdout)), key=str)
     assert sorted(s["rank"] for s in seen) == [0, 1]
     for s in seen:
         assert s["world"] == 2 and s["backend"] == "gloo" and s["device"] == "cpu"
