@@ -28,10 +28,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from real_data import cpu_flags  # noqa: E402
 
 TARGET_SECONDS = 10 * 60
+TARGET_RSS_MB = 8 * 1024
 # The libraries' own switches for the widest vector unit they dispatch to: on an AVX-512 machine they give
 # the matrix kernels an AVX2-only machine runs, an estimate of the target machine's time (not a measurement on it).
 AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-TARGET_RSS_MB = 8 * 1024
 
 
 def main() -> int:
