@@ -304,6 +304,32 @@ class RerankerLoraSection(LoraSection):
 FSDP_OPTIONS = {"full_shard", "shard_grad_op", "no_shard", "hybrid_shard", "hybrid_shard_zero2", "offload", "auto_wrap"}
 
 
+class FeatureRerankerSection(Section):
+    """``reranker.kind: features``: LightGBM lambdarank over retrieval, label and TF-IDF features
+    (:mod:`eedi.rerank.ltr`), trained on the validation candidates of the other folds in ``folds.use``."""
+
+    move: Literal["all", "seen", "top_k", "blend"] = Field("all", json_schema_extra=RERANKING)
+    """What the model may move within the top ``reranker.depth``: all (order by its score), seen (only candidates
+    seen in training, among their own places; unseen ones keep the retriever's ranks), top_k (only the
+    retriever's first ``top_k``, among themselves), blend (``blend_weight`` x its score + the rest x the
+    retriever's, both min-max scaled per pair)."""
+    top_k: int = Field(5, ge=1, json_schema_extra=RERANKING)
+    """move=top_k: how many of the retriever's first candidates the model reorders."""
+    blend_weight: float = Field(0.5, ge=0.0, le=1.0, json_schema_extra=RERANKING)
+    """move=blend: the model's share of the blended score."""
+    n_estimators: int = Field(300, ge=1, json_schema_extra=TRAINS_RERANKER)
+    """Boosting rounds."""
+    learning_rate: float = Field(0.03, gt=0.0, json_schema_extra=TRAINS_RERANKER)
+    """Shrinkage of each tree."""
+    num_leaves: int = Field(7, ge=2, json_schema_extra=TRAINS_RERANKER)
+    """Leaves per tree (small: a few thousand training pairs)."""
+    min_child_samples: int = Field(50, ge=1, json_schema_extra=TRAINS_RERANKER)
+    """Fewest candidate rows in a leaf."""
+    test_mix_weighting: bool = Field(True, json_schema_extra=TRAINS_RERANKER)
+    """Weigh training pairs so that pairs of unseen misconceptions carry ``evaluation.unseen_share`` of the
+    total (the test mix), whatever their share of the folds. false: every pair the same."""
+
+
 class RerankerConfig(Section):
     """Stage ``train-reranker`` and the reranking inside evaluate/infer: a listwise LoRA causal LM that reads
     a window of candidates labelled A, B, C, ... and answers with the label of the right one."""
@@ -312,6 +338,13 @@ class RerankerConfig(Section):
     """false: no reranker. train-reranker records itself as skipped, and infer writes the submission in the
     retriever's order (for profiles where a reranker does not pay for its compute; quantize then needs
     quantize.enabled=false)."""
+    kind: Literal["listwise", "features"] = Field(
+        "listwise", json_schema_extra=affects("train-reranker", "quantize", "infer", trains=True)
+    )
+    """listwise: the LoRA causal LM below (the CUDA default). features: a LightGBM ranker over cheap features
+    (``reranker.features``), for CPU; it trains on other folds' validation candidates, so it needs at least
+    two folds in ``folds.use``, and it has nothing to quantize (``quantize.enabled=false``)."""
+    features: FeatureRerankerSection = Field(default_factory=FeatureRerankerSection)
     backbone: str = Field("Qwen/Qwen2.5-14B-Instruct", json_schema_extra=TRAINS_RERANKER)
     """Hugging Face model id or local folder of an instruction-tuned causal LM with a chat template."""
     load_in_4bit: bool = Field(False, json_schema_extra=TRAINS_RERANKER)
@@ -614,6 +647,19 @@ class Config(Section):
     infer: InferConfig = Field(default_factory=InferConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _feature_reranker_runnable(self) -> Config:
+        if not (self.reranker.enabled and self.reranker.kind == "features"):
+            return self
+        if len(self.folds.use) < 2:
+            raise ValueError(
+                f"folds.use={list(self.folds.use)}: reranker.kind=features trains each fold's model on the other "
+                "folds' validation candidates, so it needs at least two folds in folds.use"
+            )
+        if self.quantize.enabled:
+            raise ValueError("quantize.enabled: reranker.kind=features has no language model to quantize; set it false")
+        return self
 
 
 # --------------------------------------------------------------------------- loading

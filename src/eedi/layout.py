@@ -41,6 +41,8 @@ from pathlib import Path
 FULL = "full"
 TEST = "test"
 """Name of the test pairs' candidates table (``candidates/test.parquet``)."""
+LTR_MODEL_FILE = "lightgbm.txt"
+"""The feature reranker's booster inside its model folder (the run's reranker/<name>/, a Kaggle package's reranker/)."""
 
 
 def model_name(fold: int | None) -> str:
@@ -138,6 +140,10 @@ class RunLayout:
 
     def reranker_merged(self, name: str) -> Path:
         return self.reranker(name) / "merged"
+
+    def reranker_ltr(self, name: str) -> Path:
+        """reranker.kind=features: the LightGBM booster (text format) of model ``name``."""
+        return self.reranker(name) / LTR_MODEL_FILE
 
     @staticmethod
     def model_dir(model_root: Path) -> Path:

@@ -457,13 +457,15 @@ def plan_config(config: Config, gpus: Gpus | None, name: str = "", only: list[st
         stages.append(plan_synthesis(config, dtype, gpus))
     stages.append(plan_retriever_training(config, dtype, gpus))
     stages.append(plan_index(config, dtype, gpus))
-    if config.reranker.enabled:
+    # reranker.kind=features: a LightGBM model on CPU, megabytes; the plan is about the language models.
+    language_reranker = config.reranker.enabled and config.reranker.kind == "listwise"
+    if language_reranker:
         stages.append(plan_reranker_training(config, dtype, gpus))
         if config.quantize.enabled:
             stages.append(plan_quantize(config, dtype, gpus))
         stages.append(plan_infer_reranker(config, dtype, device, gpus, "infer"))
     stages.append(plan_predict_retriever(config, dtype, device, gpus))
-    if config.reranker.enabled:
+    if language_reranker:
         stages.append(plan_infer_reranker(config, dtype, device, gpus, "predict: reranker"))
     if only:
         kept = [s for s in stages if any(s.stage.startswith(p.strip()) for p in only)]

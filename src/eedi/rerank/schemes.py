@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from eedi.config import Config, RerankerConfig
+from eedi.rerank.ltr import FeatureReranker
 from eedi.rerank.prompts import build_prompt, misconception_names, pair_lookup
 from eedi.rerank.scoring import make_scorer, score_with
 from eedi.rerank.windows import sliding_windows
@@ -115,7 +116,8 @@ def rerank(
     backend: str | None = None,
     scorer=None,
 ) -> pd.DataFrame:
-    """Rerank each pair's top ``reranker.depth`` candidates with the reranker at ``model_path``.
+    """Rerank each pair's top ``reranker.depth`` candidates with the reranker at ``model_path`` (reranker.kind
+    features: :class:`eedi.rerank.ltr.FeatureReranker`, ``scorer`` one already loaded with its label statistics).
 
     Returns the candidate rows (all of them) plus ``reranker_score`` (mean label probability
     over the candidate's sliding windows, or its probability in the last tournament window it
@@ -127,6 +129,12 @@ def rerank(
     missing = [c for c in ("QuestionId_Answer", "rank", "MisconceptionId", "score") if c not in candidates.columns]
     if missing:
         raise KeyError(f"candidates table lacks column(s) {missing}")
+    if rc.kind == "features":
+        if scorer is None:
+            # The candidates' retriever was trained on every labelled training pair (infer, the Kaggle notebook).
+            labelled = pairs[(pairs["split"] == "train") & pairs["MisconceptionId"].notna()]
+            scorer = FeatureReranker(model_path, labelled, misconceptions)
+        return scorer.rerank(config, candidates, pairs)
     pair_rows = pair_lookup(pairs)
     unknown = sorted(set(candidates["QuestionId_Answer"]) - set(pair_rows))
     if unknown:

@@ -39,6 +39,8 @@ from eedi.evaluation.metrics import fold_metrics, format_mix
 from eedi.fileio import update_json, write_parquet
 from eedi.layout import FULL, RunLayout, model_name
 from eedi.manifest import fingerprint
+from eedi.rerank.ltr import FeatureReranker, training_table
+from eedi.rerank.ltr import fit as fit_ltr
 from eedi.rerank.schemes import rerank
 from eedi.rerank.train import fit_reranker, training_fingerprint, training_rows
 from eedi.rerank.windows import one_list_per_pair, read_candidates
@@ -54,6 +56,8 @@ def run(config: Config) -> dict:
         return {"skipped": "reranker.enabled=false"}
     layout = RunLayout(config.run_dir)
     pairs, folds, misconceptions = load_pairs(layout.root), load_folds(layout.root), load_misconceptions(layout.root)
+    if config.reranker.kind == "features":
+        return run_features(config, layout, pairs, folds, misconceptions)
     # Under torchrun every rank trains each fold; rank 0 alone scores the validation part and writes the results.
     main = processes(resolve(config.runtime), config.runtime.ddp_timeout).is_main
     summary: dict = {"folds": {}}
@@ -81,28 +85,8 @@ def run(config: Config) -> dict:
         reranked = rerank(
             config, RunLayout.merged_dir(out_dir), val_part, pairs, misconceptions, config.reranker.backend
         )
-        write_parquet(layout.reranked(name), reranked[RERANKED_COLUMNS])
         seen = set(train_val_split(pairs, folds, k)[0]["MisconceptionId"].astype(int))
-        metrics = fold_metrics(reranked, pairs, "final_rank", seen, config.evaluation.unseen_share)
-        retriever = fold_metrics(val_part, pairs, "rank", seen, config.evaluation.unseen_share)
-        update_json(layout.metrics, {name: {"reranker": metrics}})
-        log.info(
-            "fold %d: MAP@25 (mix) retriever %s -> reranker %s; MAP@25 retriever %.4f -> reranker %.4f (%d val pairs)",
-            k,
-            format_mix(retriever),
-            format_mix(metrics),
-            retriever["map@25"],
-            metrics["map@25"],
-            metrics["n"],
-        )
-        summary["folds"][name] = {
-            "retriever_map@25": retriever["map@25"],
-            "reranker_map@25": metrics["map@25"],
-            "reranker_map@25_unseen": metrics.get("map@25_unseen"),
-            "retriever_map@25_mix": retriever.get("map@25_mix"),
-            "reranker_map@25_mix": metrics.get("map@25_mix"),
-            "train": fit,
-        }
+        summary["folds"][name] = {**_record(config, layout, k, reranked, val_part, pairs, seen), "train": fit}
     if config.folds.full_fit:
         # Every labelled pair once, with the most realistic candidate list the folds offer.
         combined = one_list_per_pair(pd.concat(tables, ignore_index=True))
@@ -113,4 +97,71 @@ def run(config: Config) -> dict:
         summary[FULL] = fit_reranker(
             config, layout.reranker(FULL), combined, positives, train_pairs, misconceptions, full_fp
         )
+    return summary
+
+
+def _record(config: Config, layout: RunLayout, k: int, reranked, val_part, pairs, seen: set[int]) -> dict:
+    """Write fold k's reranked candidates and metrics; log the gain over the retriever on its validation rows
+    (which neither the fold's retriever nor its reranker trained on)."""
+    name = model_name(k)
+    write_parquet(layout.reranked(name), reranked[RERANKED_COLUMNS])
+    metrics = fold_metrics(reranked, pairs, "final_rank", seen, config.evaluation.unseen_share)
+    retriever = fold_metrics(val_part, pairs, "rank", seen, config.evaluation.unseen_share)
+    update_json(layout.metrics, {name: {"reranker": metrics}})
+    log.info(
+        "fold %d: MAP@25 (mix) retriever %s -> reranker %s (%+.4f); MAP@25 retriever %.4f -> reranker %.4f "
+        "(%d val pairs)",
+        k,
+        format_mix(retriever),
+        format_mix(metrics),
+        (metrics.get("map@25_mix") or 0.0) - (retriever.get("map@25_mix") or 0.0),
+        retriever["map@25"],
+        metrics["map@25"],
+        metrics["n"],
+    )
+    return {
+        "retriever_map@25": retriever["map@25"],
+        "reranker_map@25": metrics["map@25"],
+        "retriever_map@25_unseen": retriever.get("map@25_unseen"),
+        "reranker_map@25_unseen": metrics.get("map@25_unseen"),
+        "retriever_map@25_mix": retriever.get("map@25_mix"),
+        "reranker_map@25_mix": metrics.get("map@25_mix"),
+    }
+
+
+def run_features(config: Config, layout: RunLayout, pairs, folds, misconceptions) -> dict:
+    """reranker.kind=features: fold k's LightGBM ranker learns from the validation candidates of the other used
+    folds (each scored by a retriever that never saw them) and reranks fold k's; the full model learns from all
+    of them. Seconds of CPU: no model is loaded."""
+    use = list(config.folds.use)
+    tables, parts = {}, {}
+    for k in use:
+        path = layout.candidates(model_name(k))
+        candidates = read_candidates(path)
+        val_part = candidates[candidates["part"] == "val"]
+        if val_part.empty:
+            raise DataError(
+                path, "needs part='val' rows: the feature reranker trains on validation candidates", column="part"
+            )
+        labelled = train_val_split(pairs, folds, k)[0]
+        parts[k] = (val_part, labelled)
+        tables[k] = training_table(config, val_part, pairs, labelled, misconceptions)
+    summary: dict = {"folds": {}, "kind": "features"}
+    for k in use:
+        name = model_name(k)
+        others = pd.concat([tables[j] for j in use if j != k], ignore_index=True)
+        fit = fit_ltr(config, others, layout.reranker(name))
+        val_part, labelled = parts[k]
+        reranked = FeatureReranker(layout.reranker(name), labelled, misconceptions).rerank(config, val_part, pairs)
+        seen = set(labelled["MisconceptionId"].astype(int))
+        summary["folds"][name] = {**_record(config, layout, k, reranked, val_part, pairs, seen), "train": fit}
+        log.info(
+            "fold %d: trained on %d pairs of folds %s: MAP@25 on them by iteration %s",
+            k,
+            fit["pairs"],
+            [j for j in use if j != k],
+            fit["train_map@25_by_iteration"],
+        )
+    if config.folds.full_fit:
+        summary[FULL] = fit_ltr(config, pd.concat(tables.values(), ignore_index=True), layout.reranker(FULL))
     return summary

@@ -40,6 +40,7 @@ from eedi.evaluation.metrics import candidates_to_lists
 from eedi.evaluation.summary import validation_headline
 from eedi.fileio import read_json
 from eedi.layout import RunLayout
+from eedi.rerank.ltr import FeatureReranker
 from eedi.rerank.schemes import rerank as rerank_candidates
 from eedi.rerank.scoring import make_scorer
 from eedi.retrieval.indexing import TEST_UNSEEN_BOOST
@@ -166,6 +167,7 @@ class Predictor:
         )
         pairs = load_pairs(self.run_dir)
         labelled = pairs[(pairs["split"] == "train") & pairs["MisconceptionId"].notna()]
+        self._labelled = labelled
         placement = resolve(self.config.runtime)
         # The index stage saved what this model embedded: the misconceptions and the training queries.
         key = embedding_key(self.retriever_path, self.config.retriever.encode_batch_size)
@@ -210,7 +212,10 @@ class Predictor:
                 raise ServeError(str(err)) from None
             log.info("no reranker to serve (%s): retrieval only", err)
             return
-        self.scorer = make_scorer(self.reranker_path, self.config.infer.backend, self.config)
+        if self.config.reranker.kind == "features":
+            self.scorer = FeatureReranker(self.reranker_path, self._labelled, self.misconceptions)
+        else:
+            self.scorer = make_scorer(self.reranker_path, self.config.infer.backend, self.config)
 
     @property
     def has_reranker(self) -> bool:
