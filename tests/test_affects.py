@@ -120,6 +120,8 @@ def _cross_field_changes(tmp_path: Path) -> dict[str, list[str]]:
             "reranker.fsdp_config={transformer_layer_cls_to_wrap: [Qwen2DecoderLayer]}",
         ],
         "reranker.deepspeed": [f"reranker.deepspeed={deepspeed}"],
+        # The feature reranker has no language model to quantize (quantize.enabled declares only quantize).
+        "reranker.kind": ["reranker.kind=features", "quantize.enabled=false"],
     }
 
 

@@ -179,7 +179,7 @@ def test_stage_trains_a_ranker_per_fold_and_a_full_one(feature_run):
         assert curve[-1] > curve[0], curve  # it learns its training pairs
         assert 0.0 < fold["reranker_map@25"] <= 1.0
     metrics = json.loads((feature_run / "metrics.json").read_text())
-    assert "map@25_mix" in metrics["fold_0"]["reranker"]
+    assert metrics["fold_0"]["reranker"]["map@25"] == summary["folds"]["fold_0"]["reranker_map@25"]
     reranked = pd.read_parquet(feature_run / "reranked" / "fold_0.parquet")
     for _, group in reranked.groupby("QuestionId_Answer"):
         assert sorted(group["final_rank"]) == list(range(len(group)))
