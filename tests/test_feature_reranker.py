@@ -206,6 +206,7 @@ def test_serve_uses_the_feature_reranker(feature_run, sample_dir):
     try:
         assert predictor.reranker_name == "features"
         assert predictor.has_reranker
+        assert predictor.health()["reranker_backend"] == "lightgbm"
         served = pd.read_csv(io_bytes(predictor.submission((sample_dir / "test.csv").read_bytes())))
     finally:
         predictor.close()

@@ -193,7 +193,7 @@ class Predictor:
             self.run.run_id,
             self.retriever_path,
             self.reranker_name,
-            self.config.infer.backend,
+            self._reranker_backend(),
             len(self.misconceptions),
             len(labelled),
             self.load_seconds,
@@ -216,6 +216,9 @@ class Predictor:
             self.scorer = FeatureReranker(self.reranker_path, self._labelled, self.misconceptions)
         else:
             self.scorer = make_scorer(self.reranker_path, self.config.infer.backend, self.config)
+
+    def _reranker_backend(self) -> str:
+        return "lightgbm" if self.config.reranker.kind == "features" else self.config.infer.backend
 
     @property
     def has_reranker(self) -> bool:
@@ -366,7 +369,7 @@ class Predictor:
             "retriever": str(self.retriever_path),
             "reranker": self.reranker_name,
             "reranker_path": str(self.reranker_path) if self.reranker_path else None,
-            "reranker_backend": self.config.infer.backend if self.has_reranker else None,
+            "reranker_backend": self._reranker_backend() if self.has_reranker else None,
             "misconceptions": len(self.misconceptions),
             "max_top_k": self.top_k,
             "load_seconds": self.load_seconds,
