@@ -1,5 +1,7 @@
 """Stage ``train-reranker``: a listwise LoRA reranker per fold, and its validation reranking.
 
+(``reranker.kind: features`` instead trains the LightGBM ranker of :mod:`eedi.rerank.ltr`: :func:`run_features`.)
+
 The reranker is a causal LM that reads the question context and a *window* of candidate
 misconceptions labelled A, B, C, ... and answers with the label of the one behind the wrong
 answer. Its score for each candidate is the probability of that candidate's label at the
@@ -109,12 +111,15 @@ def _record(config: Config, layout: RunLayout, k: int, reranked, val_part, pairs
     retriever = fold_metrics(val_part, pairs, "rank", seen, config.evaluation.unseen_share)
     update_json(layout.metrics, {name: {"reranker": metrics}})
     log.info(
-        "fold %d: MAP@25 (mix) retriever %s -> reranker %s (%+.4f); MAP@25 retriever %.4f -> reranker %.4f "
-        "(%d val pairs)",
+        "fold %d: MAP@25 (mix) retriever %s -> reranker %s (%s); MAP@25 retriever %.4f -> reranker %.4f (%d val pairs)",
         k,
         format_mix(retriever),
         format_mix(metrics),
-        (metrics.get("map@25_mix") or 0.0) - (retriever.get("map@25_mix") or 0.0),
+        (
+            f"{metrics['map@25_mix'] - retriever['map@25_mix']:+.4f}"
+            if metrics.get("map@25_mix") is not None and retriever.get("map@25_mix") is not None
+            else "no unseen pairs: no mix"
+        ),
         retriever["map@25"],
         metrics["map@25"],
         metrics["n"],
