@@ -22,25 +22,17 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from eedi.config import load_config, reference_markdown
 from eedi.data.download import COMPETITION, download
 from eedi.errors import EediError
-from eedi.evaluation.holdout import format_score, make_holdout, score_submission
 from eedi.evaluation.metrics import UNSEEN_SHARE
-from eedi.evaluation.report import build_report
-from eedi.evaluation.summary import summary_text
 from eedi.fileio import write_text
-from eedi.pipeline.dryrun import dry_run_text
 from eedi.pipeline.registry import STAGES
-from eedi.pipeline.runner import run_all, run_stage
-from eedi.plan import parse_gpus, plan_config, render, visible_gpus
-from eedi.pretrained import setup_models
-from eedi.sample.write import generate_sample
 from eedi.serve.cli import add_parsers as add_serve_parsers
 from eedi.serve.cli import dispatch as dispatch_serve
-from eedi.submit.kaggle import package
+
+# Each command imports the rest where it runs: every pipeline stage is an `eedi <stage>` process, and importing
+# every command's libraries (torch, transformers, peft) in each of them cost seconds per stage.
 
 log = logging.getLogger("eedi")
 
@@ -195,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         if (served := dispatch_serve(args)) is not None:
             return served
         if args.command == "make-sample":
+            from eedi.sample.write import generate_sample
+
             for path in generate_sample(args.out, seed=args.seed).values():
                 print(f"wrote {path}")
             return 0
@@ -209,10 +203,14 @@ def main(argv: list[str] | None = None) -> int:
             print(write_text(args.out, text))
             return 0
         if args.command == "setup-models":
+            from eedi.pretrained import setup_models
+
             for name, path in setup_models(args.out).items():
                 print(f"{name}: {path}")
             return 0
         if args.command == "make-holdout":
+            from eedi.evaluation.holdout import make_holdout
+
             summary = make_holdout(args.data, args.out, test_share=args.test_share, seed=args.seed, force=args.force)
             q, pairs = summary["questions"], summary["pairs"]
             print(
@@ -222,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.out}/labels.csv is for `eedi score` only: never give it to the model")
             return 0
         if args.command == "summary":
+            from eedi.evaluation.summary import summary_text
+
             print(summary_text(args.run_dir))
             return 0
         if args.command == "download":
@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         if args.command == "score":
+            from eedi.evaluation.holdout import format_score, score_submission
+
             result = score_submission(
                 args.submission, args.labels, train=args.train, mapping=args.mapping, unseen_share=args.unseen_share
             )
@@ -239,22 +241,34 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = load_config(args.config, args.overrides)
         if cfg.runtime.num_threads:
+            import torch
+
             torch.set_num_threads(cfg.runtime.num_threads)
         if args.command == "report":
+            from eedi.evaluation.report import build_report
+
             print(build_report(cfg.run_dir))
             return 0
         if args.command == "package-kaggle":
+            from eedi.submit.kaggle import package
+
             print(package(cfg, args.out, with_deps=args.with_deps))
             return 0
         if args.command == "plan":
+            from eedi.plan import parse_gpus, plan_config, render, visible_gpus
+
             gpus = parse_gpus(args.gpus) if args.gpus else visible_gpus()
             only = args.stages.split(",") if args.stages else None
             result = plan_config(cfg, gpus, args.config or "<defaults>", only)
             print(render(result))
             return 1 if result.flagged else 0
+        from eedi.pipeline.runner import run_all, run_stage
+
         if args.command == "run":
             stages = args.stages.split(",") if args.stages else None
             if args.dry_run:
+                from eedi.pipeline.dryrun import dry_run_text
+
                 print(dry_run_text(cfg, stages, force=args.force))
                 return 0
             run_all(args.config, args.overrides, cfg, force=args.force, stages=stages, verbose=args.verbose)

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from tqdm.auto import tqdm
-from transformers import TrainerCallback
 
 PROGRESS_FD = "EEDI_PROGRESS_FD"
 _console: IO[str] | None = None
@@ -69,26 +68,3 @@ def library_bars_on_console() -> Iterator[None]:
         return
     with contextlib.redirect_stderr(console()):
         yield
-
-
-class TrainerProgress(TrainerCallback):
-    """Training steps as one bar on the console (the Trainer's own bar and log dicts go to the stage log)."""
-
-    def __init__(self, desc: str):
-        self.desc = desc
-        self._bar: tqdm | None = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._bar = bar(desc=self.desc, total=state.max_steps, initial=state.global_step, unit="step")
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self._bar is not None:
-            self._bar.update(state.global_step - self._bar.n)
-            loss = next((e["loss"] for e in reversed(state.log_history) if "loss" in e), None)
-            if loss is not None:
-                self._bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None

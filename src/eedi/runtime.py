@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import torch
-from transformers import BitsAndBytesConfig
 
 from eedi.config import RuntimeConfig
 from eedi.errors import ConfigError
@@ -123,6 +122,8 @@ def bnb_4bit_config(placement: Placement):
     its weights first, so on a CPU it saves memory, not time."""
     if not placement.is_cuda:
         log.warning("bitsandbytes 4-bit on CPU: it runs, but slower than float32; meant for CUDA")
+    # Here, not at the top: every stage process imports this module, and transformers takes seconds to import.
+    from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,

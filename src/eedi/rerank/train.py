@@ -30,13 +30,13 @@ from eedi.errors import ConfigError, EnvironmentMissing
 from eedi.fileio import atomic_dir, read_json, write_json, write_parquet, write_text
 from eedi.layout import RunLayout
 from eedi.manifest import fingerprint
-from eedi.progress import TrainerProgress
 from eedi.rerank.prompts import misconception_names, pair_lookup, window_prompts
 from eedi.rerank.scoring import encode_prompts, label_token_ids
 from eedi.rerank.windows import training_windows
 from eedi.runtime import Processes, barrier, model_kwargs, processes, resolve
 from eedi.synthesis.store import load_synthetic_pairs, training_files
 from eedi.tracking import trainer_report_to
+from eedi.trainer_progress import TrainerProgress
 
 log = logging.getLogger(__name__)
 

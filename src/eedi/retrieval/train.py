@@ -34,7 +34,6 @@ from eedi.evaluation.metrics import ranking_metrics
 from eedi.fileio import atomic_dir, read_json, write_json, write_text
 from eedi.layout import RunLayout, model_name
 from eedi.manifest import fingerprint
-from eedi.progress import TrainerProgress
 from eedi.retrieval.loss import HardNegativeInfoNCE
 from eedi.retrieval.model import build_model, encode_corpus, encode_queries, freeze_unused
 from eedi.retrieval.negatives import ContrastiveCollator, NegativeSampler
@@ -42,6 +41,7 @@ from eedi.retrieval.search import top_k_from_scores
 from eedi.runtime import Placement, Processes, barrier, processes, resolve
 from eedi.synthesis.store import load_synthetic_pairs, training_files
 from eedi.tracking import trainer_report_to
+from eedi.trainer_progress import TrainerProgress
 
 log = logging.getLogger(__name__)
 

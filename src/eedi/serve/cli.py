@@ -3,7 +3,8 @@
     eedi serve --run-dir RUN [--host 127.0.0.1] [--port 8000] [--token T] [--reranker | --no-reranker]
     eedi export-labels --run-dir RUN --out train.csv
 
-This module imports nothing heavy at import time: ``eedi --help`` must not load FastAPI or torch.
+This module imports nothing heavy at import time (the models, torch and FastAPI load in the command that uses
+them): every ``eedi`` process imports it, each pipeline stage's included.
 """
 
 from __future__ import annotations
@@ -14,12 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from eedi.errors import EediError
 from eedi.layout import RunLayout
-from eedi.serve.labels import LabelStore
-from eedi.serve.predictor import Predictor, retriever_path, run_config, run_info
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +94,9 @@ def dispatch(args: argparse.Namespace) -> int | None:
 
 
 def _export(run_dir: Path, out: Path) -> int:
+    from eedi.serve.labels import LabelStore
+    from eedi.serve.predictor import run_info
+
     layout = RunLayout(run_dir)
     if not layout.labels_db.is_file():
         return _user_error(f"{layout.labels_db} does not exist: no label has been recorded for this run yet")
@@ -113,6 +113,11 @@ def _export(run_dir: Path, out: Path) -> int:
 
 
 def _serve(args: argparse.Namespace, run_dir: Path) -> int:
+    import torch
+
+    from eedi.serve.labels import LabelStore
+    from eedi.serve.predictor import Predictor, retriever_path, run_config
+
     if not 0 < args.port < 65536:
         return _user_error(f"--port {args.port} is not a TCP port")
     try:  # the cheap checks first, before any model loads
