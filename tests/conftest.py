@@ -119,7 +119,14 @@ def tiny_qwen2_path(tmp_path_factory, smollm2_path: Path) -> Path:
 TEST_RUNS = Path(os.environ.get("EEDI_TEST_RUNS", REPO / "build" / "test-runs"))
 # Generation is tested on its own (tests/test_synthesis.py, inference side): the shared run trains
 # without synthetic rows so the training side never needs vLLM.
-SHARED_OVERRIDES = ["synthetic.enabled=false", "synthetic.use=false"]
+# The demo's config without synthesis, and with what the demo leaves out to keep within 10 minutes: AWQ beside
+# GPTQ, and vLLM's CPU engine for infer, so that the tests cover both.
+SHARED_OVERRIDES = [
+    "synthetic.enabled=false",
+    "synthetic.use=false",
+    "quantize.methods=[gptq,awq]",
+    "infer.backend=vllm",
+]
 
 
 def _content_hash() -> str:

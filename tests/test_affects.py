@@ -218,7 +218,7 @@ ONE_KEY_PER_SECTION = {
     "reranker.lr=0.5": ("train-reranker", "reranker.lr changed"),
     "reranker.fusion_weight=0.25": ("train-reranker", "reranker.fusion_weight changed"),
     "quantize.group_size=64": ("quantize", "quantize.group_size changed (32 -> 64)"),
-    "infer.backend=transformers": ("infer", "infer.backend changed (vllm -> transformers)"),
+    "infer.backend=vllm": ("infer", "infer.backend changed (transformers -> vllm)"),
     "tracking.experiment=other": (None, None),  # changes no output: nothing runs
 }
 
