@@ -283,3 +283,20 @@ def test_download_from_a_zip_checks_the_schema(tmp_path, sample_dir, capsys):
         download(
             tmp_path / "out3", zip_path=_zip(sample_dir, tmp_path / "partial.zip", skip="misconception_mapping.csv")
         )
+
+
+def test_stage_lines_show_the_mix_only_where_a_fold_has_unseen_pairs():
+    from eedi.pipeline.console import stage_headline
+
+    both = {"map@25": 0.5, "map@25_mix": 0.35, "recall@25": 0.9}
+    seen_only = {"map@25": 0.47, "recall@25": 1.0}  # the sample's fold 0: every misconception seen in training
+    index = stage_headline("index", {"fold_0": both, "fold_1": seen_only})
+    assert index == "fold_0 MAP@25 (mix) 0.350 MAP@25 0.500 recall@25 0.900  fold_1 MAP@25 0.470 recall@25 1.000"
+    gain = {"retriever_map@25": 0.47, "reranker_map@25": 0.48}
+    assert stage_headline("train-reranker", {"folds": {"fold_1": gain}}) == "fold_1 MAP@25 0.470 -> 0.480"
+    gain |= {"retriever_map@25_mix": 0.3, "reranker_map@25_mix": 0.31}
+    assert stage_headline("train-reranker", {"folds": {"fold_0": gain}}) == (
+        "fold_0 MAP@25 (mix) 0.300 -> 0.310  MAP@25 0.470 -> 0.480"
+    )
+    assert stage_headline("evaluate", {"mean": {"retriever": seen_only}}) == "mean retriever MAP@25 0.470"
+    assert "?" not in stage_headline("quantize", {"gptq": seen_only})

@@ -22,6 +22,13 @@ def _f(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "?"
 
 
+def _scores(v: Mapping[str, Any], prefix: str = "") -> str:
+    """``MAP@25 (mix) X MAP@25 Y``; the mix is left out where the rows hold no unseen pair (it is undefined)."""
+    plain = f"MAP@25 {_f(v.get(prefix + 'map@25'))}"
+    mix = v.get(prefix + "map@25_mix")
+    return plain if mix is None else f"MAP@25 (mix) {_f(mix)} {plain}"
+
+
 def cpu_flags() -> str:
     """``AVX-512`` / ``AVX2`` / the machine name: which vector units this CPU has (benchmarks differ by it)."""
     try:
@@ -55,6 +62,14 @@ def _per_fold(summary: Mapping, key: str) -> str:
     return ", ".join(parts)
 
 
+def _gain(v: Mapping[str, Any]) -> str:
+    """The retriever's figures -> the reranker's, on one fold's validation rows (the mix only where it is defined)."""
+    plain = f"MAP@25 {_f(v.get('retriever_map@25'))} -> {_f(v.get('reranker_map@25'))}"
+    if v.get("retriever_map@25_mix") is None:
+        return plain
+    return f"MAP@25 (mix) {_f(v.get('retriever_map@25_mix'))} -> {_f(v.get('reranker_map@25_mix'))}  {plain}"
+
+
 def stage_headline(name: str, summary: Mapping[str, Any]) -> str:
     """The one figure a user wants from a finished stage, from its manifest summary."""
     s = summary or {}
@@ -74,32 +89,19 @@ def stage_headline(name: str, summary: Mapping[str, Any]) -> str:
         return f"val MAP@25 {figures}" if figures else "trained"
     if name == "index":
         folds = [(k, v) for k, v in s.items() if k.startswith("fold_") and isinstance(v, Mapping)]
-        text = "  ".join(
-            f"{k} MAP@25 (mix) {_f(v.get('map@25_mix'))} MAP@25 {_f(v.get('map@25'))}"
-            f" recall@25 {_f(v.get('recall@25'))}"
-            for k, v in folds
-        )
+        text = "  ".join(f"{k} {_scores(v)} recall@25 {_f(v.get('recall@25'))}" for k, v in folds)
         return text + (f"  test: {s['test_candidates']}" if s.get("test_candidates") else "")
     if name == "train-reranker":
         folds = s.get("folds", {})
-        return (
-            "  ".join(
-                f"{k} MAP@25 (mix) {_f(v.get('retriever_map@25_mix'))} -> {_f(v.get('reranker_map@25_mix'))}"
-                f"  MAP@25 {_f(v.get('retriever_map@25'))} -> {_f(v.get('reranker_map@25'))}"
-                for k, v in folds.items()
-            )
-            or "trained"
-        )
+        return "  ".join(f"{k} {_gain(v)}" for k, v in folds.items()) or "trained"
     if name == "quantize":
         if s.get("enabled") is False:
             return "disabled (quantize.enabled=false)"
         models = [(k, v) for k, v in s.items() if isinstance(v, Mapping) and "map@25" in v]
-        return "  ".join(f"{k} MAP@25 (mix) {_f(v.get('map@25_mix'))} MAP@25 {_f(v['map@25'])}" for k, v in models)
+        return "  ".join(f"{k} {_scores(v)}" for k, v in models)
     if name == "evaluate":
         mean = s.get("mean", {})
-        return "mean " + "  ".join(
-            f"{m} MAP@25 (mix) {_f(v.get('map@25_mix'))} MAP@25 {_f(v.get('map@25'))}" for m, v in mean.items()
-        )
+        return "mean " + "  ".join(f"{m} {_scores(v)}" for m, v in mean.items())
     if name == "infer":
         if not s.get("submission"):
             return s.get("reason", "no submission")
