@@ -79,7 +79,11 @@ def main() -> int:
         for name, s in manifest["stages"].items()
     }
     peak = max([s["peak_rss_mb"] or 0 for s in stages.values()] + [children_peak_mb])
+    # Which code and config ran: a before/after pair is two commits of this repository.
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "src", "configs"], cwd=REPO, capture_output=True, text=True)
     record = {
+        "commit": commit.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else ""),
         "config": args.config,
         "overrides": args.overrides,
         "exit_code": result.returncode,
