@@ -120,12 +120,14 @@ TEST_RUNS = Path(os.environ.get("EEDI_TEST_RUNS", REPO / "build" / "test-runs"))
 # Generation is tested on its own (tests/test_synthesis.py, inference side): the shared run trains
 # without synthetic rows so the training side never needs vLLM.
 # The demo's config without synthesis, and with what the demo leaves out to keep within 10 minutes: AWQ beside
-# GPTQ, and vLLM's CPU engine for infer, so that the tests cover both.
+# GPTQ, vLLM's CPU engine for infer (so that the tests cover both), and the reranker trained on 128 windows, the
+# reranker the quantization bars of tests/test_quantize.py were measured on.
 SHARED_OVERRIDES = [
     "synthetic.enabled=false",
     "synthetic.use=false",
     "quantize.methods=[gptq,awq]",
     "infer.backend=vllm",
+    "reranker.max_train_windows=128",
 ]
 
 
