@@ -19,7 +19,6 @@ What the model may move (``reranker.features.move``), within each pair's top ``r
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +27,6 @@ import pandas as pd
 from eedi.config import Config
 from eedi.layout import LTR_MODEL_FILE
 from eedi.rerank.features import FEATURES, LabelStats, candidate_features
-
-log = logging.getLogger(__name__)
 
 
 def top_candidates(candidates: pd.DataFrame, depth: int) -> pd.DataFrame:
@@ -70,8 +67,7 @@ def group_weights(table: pd.DataFrame, unseen_share: float | None) -> np.ndarray
     unseen = float(first["unseen_pair"].mean())
     if unseen in (0.0, 1.0):
         return np.ones(len(table))
-    weight = np.where(table["unseen_pair"], unseen_share / unseen, (1 - unseen_share) / (1 - unseen))
-    return weight
+    return np.where(table["unseen_pair"], unseen_share / unseen, (1 - unseen_share) / (1 - unseen))
 
 
 def fit(config: Config, table: pd.DataFrame, out_dir: Path) -> dict:
