@@ -131,3 +131,14 @@ def test_user_error_in_a_subprocess_has_no_traceback(tmp_path):
 def test_config_reference_is_current(argv, monkeypatch):
     monkeypatch.chdir(REPO)
     assert main(argv) == 0, "docs/config.md is stale: run `eedi config-docs --out docs/config.md`"
+
+
+def test_a_stage_process_imports_no_model_library_before_its_stage_runs():
+    """Every stage is its own `python -m eedi <stage>` process: the command line imports a stage's libraries only
+    when that stage runs, so a cheap stage (prepare, evaluate) does not pay for transformers and peft."""
+    code = (
+        "import sys; import eedi.cli, eedi.pipeline.runner; "
+        "print(sorted(m for m in ('transformers', 'peft', 'sentence_transformers', 'vllm') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
