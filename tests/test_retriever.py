@@ -188,6 +188,20 @@ def test_sampler_never_draws_the_positive_and_is_deterministic():
     assert set(hard[1]) <= {149, 148, 147, 146, 145}
 
 
+def test_sampler_draws_negatives_from_its_pool_only():
+    """negatives_from: training_labels - misconceptions outside the pool are never a negative, hard or random."""
+    corpus = np.arange(100, 150)
+    pool = np.arange(100, 150, 2)  # even ids only
+    sampler = NegativeSampler(corpus, n_hard=3, hard_ranks=(0, 3), n_random=10, seed=7, pool=pool)
+    randoms = sampler.random(["q1", "q2"], [100, 102])
+    assert all(set(r) <= set(pool) - {p} and len(r) == 10 for p, r in zip([100, 102], randoms))
+    # scores rank 149, 148, 147, ... first: the top 3 even ids after the positive 148 are 146, 144, 142
+    scores = np.tile(np.arange(50, dtype=np.float32), (1, 1))
+    assert set(sampler.hard(scores, [148], b"batch")[0]) == {146, 144, 142}
+    with pytest.raises(ValueError, match="pool holds no corpus id"):
+        NegativeSampler(corpus, n_hard=1, hard_ranks=(0, 3), n_random=0, pool=[7])
+
+
 def test_document_set_deduplicates_and_points_at_each_positive():
     docs, targets = document_set([3, 5, 3], [np.array([5, 7]), np.array([3, 9]), np.array([7])])
     assert docs == [3, 5, 7, 9]

@@ -237,6 +237,10 @@ class RetrieverConfig(Section):
     """[start, stop) ranks of the current model's retrieval list that hard negatives are drawn from."""
     n_random_negatives: int = Field(96, ge=0, json_schema_extra=TRAINS_RETRIEVER)
     """Random misconceptions (not the positive) added per query."""
+    negatives_from: Literal["corpus", "training_labels"] = Field("corpus", json_schema_extra=TRAINS_RETRIEVER)
+    """Where hard and random negatives are drawn from. corpus: every misconception. training_labels: only the
+    misconceptions that label one of the fold's training pairs, so that the ones training never shows (most of
+    the competition's test) are never pushed away from queries; 7th place dropped those negatives."""
     hard_negative_refresh_steps: int = Field(50, ge=1, json_schema_extra=TRAINS_RETRIEVER)
     """Hard negatives are mined online from the training step's own query embeddings against cached
     misconception embeddings; the cache is re-embedded with the current weights every this many steps."""

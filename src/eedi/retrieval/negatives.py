@@ -7,7 +7,9 @@ Every training query sees, in one softmax, its positive misconception against
 * ``n_hard_negatives`` drawn from ranks ``hard_negative_ranks`` of the *current* model's
   ranking for that query (its positive excluded),
 
-and every query's explicit negatives serve the whole batch too.
+and every query's explicit negatives serve the whole batch too. Explicit negatives may be limited to a
+``pool`` of the corpus (``retriever.negatives_from: training_labels``: the misconceptions that label a
+training pair), so that misconceptions training never shows as a positive are never pushed away either.
 
 Hard negatives are mined online, inside the loss (:class:`HardNegativeInfoNCE`): the query
 embeddings of the training step itself are scored against a cache of the misconception
@@ -60,11 +62,21 @@ class NegativeSampler:
     """
 
     def __init__(
-        self, corpus_ids: Sequence[int], n_hard: int, hard_ranks: tuple[int, int], n_random: int, seed: int = 0
+        self,
+        corpus_ids: Sequence[int],
+        n_hard: int,
+        hard_ranks: tuple[int, int],
+        n_random: int,
+        seed: int = 0,
+        pool: Sequence[int] | None = None,
     ):
         self.corpus_ids = np.asarray(corpus_ids, dtype=np.int64)
         if len(np.unique(self.corpus_ids)) != len(self.corpus_ids):
             raise ValueError("corpus ids must be unique")
+        # Which corpus ids may be drawn as negatives (None: all of them).
+        self.in_pool = np.ones(len(self.corpus_ids), bool) if pool is None else np.isin(self.corpus_ids, pool)
+        if not self.in_pool.any():
+            raise ValueError("the negatives' pool holds no corpus id")
         self.n_hard, self.hard_ranks, self.n_random, self.seed = n_hard, tuple(hard_ranks), n_random, seed
         self.epoch = 0
 
@@ -78,21 +90,23 @@ class NegativeSampler:
         rng = self.rng("\x1f".join(queries).encode("utf-8"), stream=0)
         out = []
         for positive in positives:
-            pool = self.corpus_ids[self.corpus_ids != positive]
+            pool = self.corpus_ids[self.in_pool & (self.corpus_ids != positive)]
             out.append(rng.choice(pool, size=min(self.n_random, len(pool)), replace=False))
         return out
 
     def hard(self, scores: np.ndarray, positives: Sequence[int], content: bytes) -> list[np.ndarray]:
         """``n_hard`` ids per query from ranks [start, stop) of its row of ``scores`` (corpus order),
-        ranks counted after removing the positive."""
+        ranks counted after removing the positive and the ids outside the pool."""
         if not self.n_hard:
             return [np.empty(0, dtype=np.int64) for _ in positives]
         rng = self.rng(content, stream=1)
         start, stop = self.hard_ranks
+        if not self.in_pool.all():
+            scores = np.where(self.in_pool, scores, -np.inf)
         _, ranked = top_k_from_scores(scores, self.corpus_ids, stop + 1)  # + 1: room for the positive
         out = []
         for row, positive in zip(ranked, positives):
-            ranked = row[row != positive][start:stop]
+            ranked = row[(row != positive) & np.isin(row, self.corpus_ids[self.in_pool])][start:stop]
             out.append(
                 rng.choice(ranked, size=min(self.n_hard, len(ranked)), replace=False)
                 if len(ranked)

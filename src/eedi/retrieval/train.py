@@ -284,7 +284,12 @@ def _fit(
         if frozen:
             log.info("frozen (no part in the embedding, which DDP cannot train): %s", frozen)
     sampler = NegativeSampler(
-        corpus_ids, cfg.n_hard_negatives, cfg.hard_negative_ranks, cfg.n_random_negatives, seed=config.seed
+        corpus_ids,
+        cfg.n_hard_negatives,
+        cfg.hard_negative_ranks,
+        cfg.n_random_negatives,
+        seed=config.seed,
+        pool=train["MisconceptionId"].unique() if cfg.negatives_from == "training_labels" else None,
     )
     collator = ContrastiveCollator(
         preprocess_fn=model.preprocess, sampler=sampler, query_prompt=model.prompts.get("query")
