@@ -183,6 +183,10 @@ BOOSTS = (0.0, 0.03, 0.06, 0.09, 0.12, 0.15, 0.2, 0.25, 0.3)
 FUSION = tuple((beta, boost) for beta in (0.25, 0.5, 0.75) for boost in (0.06, 0.12))
 # Label-free calibration (index.unseen_top1_share) is measured on validation sets composed like the test.
 TOP1_SHARES = (0.5, 0.6, 0.75)
+# The label memory votes for seen misconceptions only; under the calibrated boost its weight is re-measured
+# (share 0.75), since the boost now answers for whatever the memory takes from the unseen ones.
+MEMORY_WEIGHTS = (0.0, 0.2, 0.4, 0.6)
+CALIBRATED_SHARE = 0.75
 SUBSET_SEEDS = (0, 1, 2)
 
 
@@ -243,17 +247,36 @@ def run_levers(cfg_path: str, overrides: list[str], run_dir: Path, folds: list[i
             settings[f"ours zero-shot fusion beta {beta:g} boost {b:g}"] = fused
         for name, scores in settings.items():
             systems.setdefault(name, {})[f"fold_{fold}"] = metrics_block(actual, ranked(scores), seen)
+        memory_dense = {
+            w: CandidateRetriever(model, misconceptions, with_memory_weight(cfg, w), train, store=retriever.store)
+            .dense_scores(queries)
+            for w in MEMORY_WEIGHTS
+            if w != cfg.index.knn_weight
+        }
         for subset, rows in test_like_subsets(val, seen).items():
             sub_actual = [actual[i] for i in rows]
-            rules = {"fixed index.unseen_boost": cfg.index.unseen_boost}
+            rules = {"fixed index.unseen_boost": (dense, cfg.index.unseen_boost)}
             for share in TOP1_SHARES:
-                rules[f"calibrated unseen_top1_share {share:g}"] = calibrate_unseen_boost(dense[rows], unseen, share)
-            for rule, boost in rules.items():
-                block = metrics_block(sub_actual, ranked(dense[rows] + boost * unseen), seen)
+                rules[f"calibrated unseen_top1_share {share:g}"] = (
+                    dense,
+                    calibrate_unseen_boost(dense[rows], unseen, share),
+                )
+            for w, scores in memory_dense.items():
+                rules[f"calibrated unseen_top1_share {CALIBRATED_SHARE:g}, knn_weight {w:g}"] = (
+                    scores,
+                    calibrate_unseen_boost(scores[rows], unseen, CALIBRATED_SHARE),
+                )
+            for rule, (scores, boost) in rules.items():
+                block = metrics_block(sub_actual, ranked(scores[rows] + boost * unseen), seen)
                 block["boost"] = round(float(boost), 4)
                 calibration.setdefault(rule, {}).setdefault(subset, {})[f"fold_{fold}"] = block
         logging.info("fold %d: levers measured", fold)
     return systems, calibration
+
+
+def with_memory_weight(cfg, weight: float):
+    """``cfg`` with ``index.knn_weight`` set to ``weight``."""
+    return cfg.model_copy(update={"index": cfg.index.model_copy(update={"knn_weight": weight})})
 
 
 def train_mnrl(cfg, train, corpus_ids, corpus_texts, out_dir: Path):
