@@ -248,8 +248,9 @@ def run_levers(cfg_path: str, overrides: list[str], run_dir: Path, folds: list[i
         for name, scores in settings.items():
             systems.setdefault(name, {})[f"fold_{fold}"] = metrics_block(actual, ranked(scores), seen)
         memory_dense = {
-            w: CandidateRetriever(model, misconceptions, with_memory_weight(cfg, w), train, store=retriever.store)
-            .dense_scores(queries)
+            w: CandidateRetriever(
+                model, misconceptions, with_memory_weight(cfg, w), train, store=retriever.store
+            ).dense_scores(queries)
             for w in MEMORY_WEIGHTS
             if w != cfg.index.knn_weight
         }

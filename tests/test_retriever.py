@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import REPO
@@ -200,6 +201,17 @@ def test_sampler_draws_negatives_from_its_pool_only():
     assert set(sampler.hard(scores, [148], b"batch")[0]) == {146, 144, 142}
     with pytest.raises(ValueError, match="pool holds no corpus id"):
         NegativeSampler(corpus, n_hard=1, hard_ranks=(0, 3), n_random=0, pool=[7])
+
+
+def test_negative_pool_follows_negatives_from():
+    from eedi.retrieval.train import negative_pool
+
+    train = pd.DataFrame({"MisconceptionId": [5, 3, 5, 9]})
+    assert negative_pool(load_config(None, []).retriever, train) is None
+    cfg = load_config(None, ["retriever.negatives_from=training_labels"]).retriever
+    assert negative_pool(cfg, train).tolist() == [3, 5, 9]
+    with pytest.raises(ConfigError, match="negatives_from"):
+        load_config(None, ["retriever.negatives_from=unseen"])
 
 
 def test_document_set_deduplicates_and_points_at_each_positive():

@@ -266,6 +266,13 @@ def train_fold(config: Config, fold: int | None) -> dict:
     return {**_summary(log_path), "seconds": round(seconds, 1)}
 
 
+def negative_pool(cfg: RetrieverConfig, train: pd.DataFrame) -> np.ndarray | None:
+    """The misconceptions negatives may be drawn from (``retriever.negatives_from``); None: all of them."""
+    if cfg.negatives_from == "training_labels":
+        return np.unique(train["MisconceptionId"].to_numpy(np.int64))
+    return None
+
+
 def _fit(
     config: Config, fold: int | None, procs: Processes, train: pd.DataFrame, val: pd.DataFrame, resume: str | None
 ) -> float:
@@ -289,7 +296,7 @@ def _fit(
         cfg.hard_negative_ranks,
         cfg.n_random_negatives,
         seed=config.seed,
-        pool=train["MisconceptionId"].unique() if cfg.negatives_from == "training_labels" else None,
+        pool=negative_pool(cfg, train),
     )
     collator = ContrastiveCollator(
         preprocess_fn=model.preprocess, sampler=sampler, query_prompt=model.prompts.get("query")
