@@ -180,7 +180,8 @@ def run_ablations(
 # misconceptions only, so an unseen one is scored by (1 - beta) x fine-tuned cosine + beta x the backbone's own
 # zero-shot cosine, plus the boost.
 BOOSTS = (0.0, 0.03, 0.06, 0.09, 0.12, 0.15, 0.2, 0.25, 0.3)
-FUSION = tuple((beta, boost) for beta in (0.25, 0.5, 0.75) for boost in (0.06, 0.12))
+FUSION_BETAS = (0.25, 0.5, 0.75)
+FUSION = tuple((beta, boost) for beta in FUSION_BETAS for boost in (0.06, 0.12))
 # Label-free calibration (index.unseen_top1_share) is measured on validation sets composed like the test.
 TOP1_SHARES = (0.5, 0.6, 0.75)
 # The label memory votes for seen misconceptions only; under the calibrated boost its weight is re-measured
@@ -261,6 +262,12 @@ def run_levers(cfg_path: str, overrides: list[str], run_dir: Path, folds: list[i
                 rules[f"calibrated unseen_top1_share {share:g}"] = (
                     dense,
                     calibrate_unseen_boost(dense[rows], unseen, share),
+                )
+            for beta in FUSION_BETAS:
+                fused = dense + unseen * beta * (zero_shot_cos - fine_tuned_cos)
+                rules[f"calibrated unseen_top1_share {CALIBRATED_SHARE:g}, zero-shot fusion beta {beta:g}"] = (
+                    fused,
+                    calibrate_unseen_boost(fused[rows], unseen, CALIBRATED_SHARE),
                 )
             for w, scores in memory_dense.items():
                 rules[f"calibrated unseen_top1_share {CALIBRATED_SHARE:g}, knn_weight {w:g}"] = (
