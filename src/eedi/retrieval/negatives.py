@@ -104,9 +104,10 @@ class NegativeSampler:
         if not self.in_pool.all():
             scores = np.where(self.in_pool, scores, -np.inf)
         _, ranked = top_k_from_scores(scores, self.corpus_ids, stop + 1)  # + 1: room for the positive
+        allowed = self.corpus_ids[self.in_pool]  # a pool smaller than stop + 1 leaves masked ids in the top
         out = []
         for row, positive in zip(ranked, positives):
-            ranked = row[(row != positive) & np.isin(row, self.corpus_ids[self.in_pool])][start:stop]
+            ranked = row[(row != positive) & np.isin(row, allowed)][start:stop]
             out.append(
                 rng.choice(ranked, size=min(self.n_hard, len(ranked)), replace=False)
                 if len(ranked)
