@@ -13,6 +13,16 @@ merges the procedural sample for several seeds (questions re-keyed; the same mis
 keeps one id) and pads misconception_mapping.csv to 2,587 rows with texts no question uses
 (the real mapping has about a thousand such rows too), each a catalogue text with a numbered
 suffix. It is a load test: MAP@25 on it says nothing about the real data.
+
+With ``--real DIR`` (a Kaggle folder such as ../shared/eedi-dev, 1,402 questions) it pads the real
+questions instead: 1,869 - 1,402 of them are repeated under new QuestionIds, and test.csv holds 685
+questions (the size of the competition's hidden test set) drawn from them without their labels. Texts,
+lengths and the misconception table are the real ones, so this times the real-data profile at the
+competition's size; it is not a data set to score:
+
+    python benchmarks/competition_scale_data.py --real ../shared/eedi-dev --out build/real-scale
+    python benchmarks/pipeline_run.py --config configs/cpu-kaggle.yaml --emulate-avx2 --target-minutes 30 \
+        --run-dir runs/real-scale data.dir=build/real-scale
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from eedi.sample.build import build_sample
 
 COMPETITION_QUESTIONS = 1869
 COMPETITION_MISCONCEPTIONS = 2587
+COMPETITION_TEST_QUESTIONS = 685
 
 
 def build(out: Path, questions: int = COMPETITION_QUESTIONS, misconceptions: int = COMPETITION_MISCONCEPTIONS) -> dict:
@@ -83,11 +94,56 @@ def build(out: Path, questions: int = COMPETITION_QUESTIONS, misconceptions: int
     }
 
 
+def build_from_real(
+    real: Path,
+    out: Path,
+    questions: int = COMPETITION_QUESTIONS,
+    test_questions: int = COMPETITION_TEST_QUESTIONS,
+    seed: int = 0,
+) -> dict:
+    """Pad a real Kaggle folder's train.csv to ``questions`` by repeating questions under new ids, and
+    draw ``test_questions`` of them, unlabelled, as test.csv."""
+    train = pd.read_csv(real / "train.csv")
+    mapping = pd.read_csv(real / "misconception_mapping.csv")
+    if len(train) > questions:
+        raise SystemExit(f"{real / 'train.csv'} has {len(train)} questions, more than the {questions} asked for")
+    next_qid = int(train["QuestionId"].max()) + 1
+    extra = train.sample(n=questions - len(train), random_state=seed, replace=questions - len(train) > len(train))
+    extra = extra.assign(QuestionId=range(next_qid, next_qid + len(extra)))
+    train = pd.concat([train, extra], ignore_index=True)
+    next_qid += len(extra)
+    test = train.sample(n=test_questions, random_state=seed + 1).drop(columns=[f"Misconception{x}Id" for x in LETTERS])
+    test = test.assign(QuestionId=range(next_qid, next_qid + len(test))).reset_index(drop=True)
+    rows = [
+        f"{q}_{x}" for q, correct in zip(test["QuestionId"], test["CorrectAnswer"]) for x in LETTERS if x != correct
+    ]
+    first = " ".join(str(i) for i in mapping["MisconceptionId"].head(25))
+    files = {
+        "train.csv": train,
+        "test.csv": test,
+        "misconception_mapping.csv": mapping,
+        "sample_submission.csv": pd.DataFrame({"QuestionId_Answer": rows, "MisconceptionId": first}),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for name, frame in files.items():
+        write_csv(out / name, frame)
+    labelled = sum(train[f"Misconception{x}Id"].notna().sum() for x in LETTERS)
+    return {
+        "train_questions": len(train),
+        "repeated_questions": len(extra),
+        "labelled_pairs": int(labelled),
+        "misconceptions": len(mapping),
+        "test_questions": len(test),
+        "test_rows": len(rows),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="build/competition-scale")
+    parser.add_argument("--real", type=Path, default=None, help="pad this real Kaggle folder instead of the sample")
     args = parser.parse_args()
-    print(build(Path(args.out)))
+    print(build_from_real(args.real, Path(args.out)) if args.real else build(Path(args.out)))
     return 0
 
 
