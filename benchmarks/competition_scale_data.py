@@ -75,12 +75,18 @@ def build(out: Path, questions: int = COMPETITION_QUESTIONS, misconceptions: int
         names.append(f"{base[k % len(base)]} (variant {k // len(base) + 1})")
         k += 1
     mapping = pd.DataFrame({"MisconceptionId": range(len(names)), "MisconceptionName": names})
+    test = pd.concat(tests, ignore_index=True)
+    return {**write_folder(out, train, test, mapping, pd.concat(subs, ignore_index=True)), "seeds": seed}
+
+
+def write_folder(out: Path, train, test, mapping, sample_submission) -> dict:
+    """Write the four Kaggle CSVs to ``out``; return their sizes."""
     out.mkdir(parents=True, exist_ok=True)
     files = {
         "train.csv": train,
-        "test.csv": pd.concat(tests, ignore_index=True),
+        "test.csv": test,
         "misconception_mapping.csv": mapping,
-        "sample_submission.csv": pd.concat(subs, ignore_index=True),
+        "sample_submission.csv": sample_submission,
     }
     for name, frame in files.items():
         write_csv(out / name, frame)
@@ -89,8 +95,8 @@ def build(out: Path, questions: int = COMPETITION_QUESTIONS, misconceptions: int
         "train_questions": len(train),
         "labelled_pairs": int(labelled),
         "misconceptions": len(mapping),
-        "test_questions": len(files["test.csv"]),
-        "seeds": seed,
+        "test_questions": len(test),
+        "test_rows": len(sample_submission),
     }
 
 
@@ -118,24 +124,8 @@ def build_from_real(
         f"{q}_{x}" for q, correct in zip(test["QuestionId"], test["CorrectAnswer"]) for x in LETTERS if x != correct
     ]
     first = " ".join(str(i) for i in mapping["MisconceptionId"].head(25))
-    files = {
-        "train.csv": train,
-        "test.csv": test,
-        "misconception_mapping.csv": mapping,
-        "sample_submission.csv": pd.DataFrame({"QuestionId_Answer": rows, "MisconceptionId": first}),
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    for name, frame in files.items():
-        write_csv(out / name, frame)
-    labelled = sum(train[f"Misconception{x}Id"].notna().sum() for x in LETTERS)
-    return {
-        "train_questions": len(train),
-        "repeated_questions": len(extra),
-        "labelled_pairs": int(labelled),
-        "misconceptions": len(mapping),
-        "test_questions": len(test),
-        "test_rows": len(rows),
-    }
+    sample = pd.DataFrame({"QuestionId_Answer": rows, "MisconceptionId": first})
+    return {**write_folder(out, train, test, mapping, sample), "repeated_questions": len(extra)}
 
 
 def main() -> int:
