@@ -7,8 +7,8 @@ Deletes ``--run-dir`` and runs ``eedi run --force`` in it (every stage in its ow
 stage's peak RSS is its own), then reads the manifest and writes ``benchmarks/results/pipeline_<config>.json`` and a
 markdown table. The targets (by default the embedded default's, a newcomer's first run, `make demo`: <= 10 min on 2
 cores of an AVX2-only machine, peak RSS <= 8 GB; ``--target-minutes 30`` for the CPU-Kaggle profile) are checked
-and printed, not asserted: this is a measurement. The
-record names the CPU's vector units, since AVX2-only machines run the same work more slowly.
+and printed, not asserted: this is a measurement. The record names the CPU's vector units, since AVX2-only
+machines run the same work more slowly.
 """
 
 from __future__ import annotations
