@@ -300,3 +300,41 @@ def test_calibrated_search_hits_the_share_and_equals_the_fixed_boost_it_found(sm
         fixed_scores, fixed_ids = fixed.search(queries)
         np.testing.assert_array_equal(ids, fixed_ids)
         np.testing.assert_allclose(scores, fixed_scores, atol=1e-5)
+
+
+def test_test_candidates_of_fold_models_use_the_label_memory_and_calibration(indexed_sample, tmp_path):
+    """Without a full-fit model the fold models' mean score ranks the test rows: each model with the label memory
+    over every labelled pair and the prior calibrated on the test rows, as the full-fit path scores them. With one
+    fold the mean is that model's own search."""
+    from conftest import copy_tree
+
+    from eedi.data.artifacts import load_misconceptions, load_pairs
+    from eedi.retrieval.indexing import test_candidates
+    from eedi.retrieval.model import load_encoder
+    from eedi.retrieval.search import CandidateRetriever
+    from eedi.runtime import resolve
+
+    run = copy_tree(indexed_sample, tmp_path / "run")
+    cfg = shared_config(run, "index.knn_weight=0.4", "index.unseen_top1_share=0.75")
+    pairs, misconceptions = load_pairs(run), load_misconceptions(run)
+    test = pairs[pairs["split"] == "test"]
+    labelled = pairs[(pairs["split"] == "train") & pairs["MisconceptionId"].notna()]
+    source, boost = test_candidates(cfg, test, misconceptions, labelled)
+    assert source == "mean of folds 0"
+    written = pd.read_parquet(run / "candidates" / "test.parquet").sort_values(["QuestionId_Answer", "rank"])
+
+    def ranked(config) -> tuple[np.ndarray, np.ndarray, float | None]:
+        model = load_encoder(run / "retriever" / "fold_0" / "model", resolve(config.runtime))
+        retriever = CandidateRetriever(model, misconceptions, config, labelled)
+        scores, ids = retriever.search(test["QueryText"].tolist(), unseen_top1_share=config.index.unseen_top1_share)
+        order = np.argsort(test["QuestionId_Answer"].to_numpy(), kind="stable")
+        return scores[order], ids[order], retriever.calibrated_boost
+
+    scores, ids, calibrated = ranked(cfg)
+    assert boost == pytest.approx(calibrated, abs=1e-5)
+    top = cfg.index.top_k
+    np.testing.assert_allclose(written["score"].to_numpy().reshape(-1, top), scores, atol=1e-5)
+    assert (written["MisconceptionId"].to_numpy().reshape(-1, top)[:, :5] == ids[:, :5]).mean() > 0.99
+    # the memory moves some of them: a mean of plain cosines would not be this ranking
+    _, plain, _ = ranked(shared_config(run, "index.knn_weight=0.0", "index.unseen_top1_share=0.75"))
+    assert (plain[:, :5] != ids[:, :5]).any()

@@ -244,6 +244,10 @@ class RetrieverConfig(Section):
     hard_negative_refresh_steps: int = Field(50, ge=1, json_schema_extra=TRAINS_RETRIEVER)
     """Hard negatives are mined online from the training step's own query embeddings against cached
     misconception embeddings; the cache is re-embedded with the current weights every this many steps."""
+    validate_epochs: bool = Field(True, json_schema_extra=affects())
+    """Score the fold's validation pairs before training and after every epoch (train_log.jsonl's MAP@25 curve).
+    False: the index stage's validation metrics are the fold's only ones, and training skips an encoding of the
+    misconceptions and the validation queries per epoch."""
     encode_batch_size: int = Field(64, ge=1, json_schema_extra=affects("train-retriever", "index", trains=True))
     """Batch size for embedding texts (mining, validation, index)."""
     save_steps: int = Field(200, ge=1, json_schema_extra=affects())

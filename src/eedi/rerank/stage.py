@@ -136,8 +136,8 @@ def _record(config: Config, layout: RunLayout, k: int, reranked, val_part, pairs
 
 def run_features(config: Config, layout: RunLayout, pairs, folds, misconceptions) -> dict:
     """reranker.kind=features: fold k's LightGBM ranker learns from the validation candidates of the other used
-    folds (each scored by a retriever that never saw them) and reranks fold k's; the full model learns from all
-    of them. Seconds of CPU: no model is loaded."""
+    folds (each scored by a retriever that never saw them) and reranks fold k's; the submission's model
+    (``reranker/full``) learns from all of them. Seconds of CPU: no model is loaded."""
     use = list(config.folds.use)
     tables, parts = {}, {}
     for k in use:
@@ -167,6 +167,6 @@ def run_features(config: Config, layout: RunLayout, pairs, folds, misconceptions
             [j for j in use if j != k],
             fit["train_map@25_by_iteration"],
         )
-    if config.folds.full_fit:
-        summary[FULL] = fit_ltr(config, pd.concat(tables.values(), ignore_index=True), layout.reranker(FULL))
+    # The submission's model, whether the test candidates come from a full-fit retriever or the folds' mean.
+    summary[FULL] = fit_ltr(config, pd.concat(tables.values(), ignore_index=True), layout.reranker(FULL))
     return summary

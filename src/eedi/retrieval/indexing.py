@@ -14,7 +14,7 @@ from eedi.errors import ConfigError, MissingInputError
 from eedi.evaluation.metrics import format_mix, ranking_metrics
 from eedi.fileio import update_json, write_parquet
 from eedi.layout import FULL, TEST, RunLayout, model_name
-from eedi.retrieval.model import encode_corpus, encode_queries, load_encoder
+from eedi.retrieval.model import load_encoder
 from eedi.retrieval.search import (
     CandidateRetriever,
     EmbeddingStore,
@@ -82,7 +82,7 @@ TEST_UNSEEN_BOOST = "test_unseen_boost"
 def test_candidates(
     config: Config, test: pd.DataFrame, misconceptions: pd.DataFrame, labelled: pd.DataFrame
 ) -> tuple[str, float]:
-    """candidates/test.parquet from the full-fit model, else the fold models' mean cosine. Returns the source
+    """candidates/test.parquet from the full-fit model, else the fold models' mean score. Returns the source
     and the unseen boost used (``index.unseen_boost``, or calibrated on the test rows: ``index.unseen_top1_share``).
 
     ``labelled``: every labelled training pair (the full-fit model's training rows: prior and label memory)."""
@@ -101,18 +101,22 @@ def test_candidates(
         store.save(layout.embeddings(FULL))
         source = FULL
     else:
-        # Cosine scores of different fold models are on one scale (all unit vectors), so their mean is a
-        # plain ensemble; dense scores are fine at this corpus size (test pairs x 2,587). The label memory
-        # belongs to one model's embedding space: it is used with the full-fit model only.
-        batch = config.retriever.encode_batch_size
+        # Cross-fitting: each fold model scores the test rows as the full-fit model would (cosine + the label
+        # memory over every labelled pair, embedded in its own space), and the mean of those scores ranks them.
+        # Cosines of unit vectors share one scale, so the mean is a plain ensemble; the index stage has stored
+        # the misconceptions and every labelled query of each fold model, so only the test queries are encoded.
         corpus_ids = misconceptions["MisconceptionId"].to_numpy(np.int64)
-        texts = misconceptions["MisconceptionName"].tolist()
         total = np.zeros((len(queries), len(corpus_ids)), dtype=np.float32)
         for fold in config.folds.use:
-            model = load_encoder(_fold_model(layout, model_name(fold)), placement)
-            total += encode_queries(model, queries, batch) @ encode_corpus(model, texts, batch).T
-        unseen = unseen_prior(corpus_ids, labelled["MisconceptionId"].astype(int), 1.0)
+            name = model_name(fold)
+            model_dir = _fold_model(layout, name)
+            store = EmbeddingStore.load(
+                layout.embeddings(name), embedding_key(model_dir, config.retriever.encode_batch_size)
+            )
+            retriever = CandidateRetriever(load_encoder(model_dir, placement), misconceptions, config, labelled, store)
+            total += retriever.dense_scores(retriever.encode(queries))
         total /= len(config.folds.use)
+        unseen = unseen_prior(corpus_ids, labelled["MisconceptionId"].astype(int), 1.0)
         share = config.index.unseen_top1_share
         boost = config.index.unseen_boost if share is None else calibrate_unseen_boost(total, unseen, share)
         scores, ids = top_k_from_scores(total + boost * unseen, corpus_ids, config.index.top_k)

@@ -294,6 +294,17 @@ class CandidateRetriever:
         self.store.record(kind, texts, embeddings)
         return embeddings
 
+    def encode(self, query_texts: list[str]) -> np.ndarray:
+        """The queries' embeddings: taken from the store when it holds all of them (the index stage searches the
+        training queries the label memory has just embedded, in the same order), else encoded in one call."""
+        stored = self.store.lookup("queries", query_texts)
+        if stored is not None:
+            return stored
+        queries = self._encode_queries(self.model, query_texts, self.batch)
+        if self.record_searches:
+            self.store.record("queries", query_texts, queries)
+        return queries
+
     def search(
         self,
         query_texts: list[str],
@@ -307,9 +318,7 @@ class CandidateRetriever:
         k = self.config.index.top_k
         if not query_texts:
             return np.empty((0, min(k, len(self.corpus_ids))), np.float32), np.empty((0, 0), np.int64)
-        queries = self._encode_queries(self.model, query_texts, self.batch)
-        if self.record_searches:
-            self.store.record("queries", query_texts, queries)
+        queries = self.encode(query_texts)
         if unseen_top1_share is not None:
             dense = self.dense_scores(queries, question_ids)
             self.calibrated_boost = calibrate_unseen_boost(dense, self.unseen, unseen_top1_share)

@@ -47,7 +47,8 @@ Outputs (under ``run_dir``; schemas in docs/stages.md):
   ``train`` for the pairs it trained on (the reranker trains on those).
 * ``candidates/test.parquet`` (when pairs.parquet has test pairs) - same columns, fold = -1,
   part = ``test``: from the full-fit model (``retriever/full``) when it exists, else from the mean
-  of the fold models' cosine scores (an ensemble that needs no extra training run).
+  of the fold models' scores, each with the label memory over every labelled pair (an ensemble that needs no
+  extra training run).
 * ``metrics.json`` gains ``fold_{k}.retriever`` = :func:`eedi.evaluation.metrics.ranking_metrics` on the
   val part, split by whether the misconception occurs in fold k's training part.
 """

@@ -343,10 +343,11 @@ def _fit(
         ddp_find_unused_parameters=DDP_KWARGS["find_unused_parameters"],
         dataloader_drop_last=False,
     )
+    validated = val if cfg.validate_epochs else val.iloc[:0]
     callback = EpochLog(
         loss,
-        val["QueryText"].tolist(),
-        val["MisconceptionId"].astype(int).tolist(),
+        validated["QueryText"].tolist(),
+        validated["MisconceptionId"].astype(int).tolist(),
         corpus_ids,
         corpus_texts,
         RunLayout.train_log(out),
