@@ -66,6 +66,14 @@ def test_fold_out_of_range():
         load_config(None, ["folds.use=[7]"])
 
 
+def test_a_check_across_keys_names_them_without_dumping_the_config():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["retriever.save_steps=30", "retriever.hard_negative_refresh_steps=20"])
+    assert str(err.value).count("\n") == 0
+    assert "section 'retriever'" in str(err.value) and "save_steps=30" in str(err.value)
+    assert "backbone" not in str(err.value)  # the section's other keys stay out of the message
+
+
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("nope.yaml")

@@ -40,3 +40,14 @@ def check_report(run_dir: Path) -> str:
 def test_report_of_the_shared_run(quantized_sample, tmp_path):
     page = check_report(copy_tree(quantized_sample, tmp_path / "run"))
     assert "<td>383</td>" in page  # validation pairs of fold 0, printed as a count
+
+
+def test_metrics_table_shows_the_mean_of_unequal_folds():
+    """Folds of unequal size: the mean row's pair count is a mean of counts, shown rounded."""
+    from eedi.evaluation.report import metrics_section
+
+    block = {"map@25": 0.3, "recall@25": 0.7}
+    html = metrics_section(
+        {"fold_0": {"retriever": {**block, "n": 1220}}, "mean": {"retriever": {**block, "n": 1223.5}}}
+    )
+    assert "1220" in html and "1224" in html

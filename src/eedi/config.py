@@ -713,6 +713,10 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             lines.append(f"{source}: unknown key '{key}'")
         elif e["type"] == "missing":
             lines.append(f"{source}: missing key '{key}'")
+        elif e["type"] == "value_error" and isinstance(e.get("input"), dict):
+            # A check across several keys names them in its message; the section's whole content would bury it.
+            where = "" if key == "<root>" else f"section '{key}': "
+            lines.append(f"{source}: {where}{e['msg']}")
         else:
             lines.append(f"{source}: key '{key}': {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)

@@ -196,7 +196,7 @@ def metrics_section(metrics: dict) -> str:
         return "<p>No metrics yet.</p>"
     df = pd.DataFrame(rows).dropna(axis=1, how="all")
     if "n" in df:
-        df["n"] = df["n"].astype("Int64")  # a count, not a float
+        df["n"] = df["n"].round().astype("Int64")  # a count, not a float (the mean row's is a mean of counts)
     out = _table(df)
     shares = {
         b.get("unseen_share")
