@@ -404,6 +404,23 @@ def test_a_fold_trained_under_another_config_is_retrained(tiny_lora_run, prepare
     assert (run_dir / "retriever" / "fold_0" / "model").is_dir()
 
 
+def test_without_epoch_validation_the_log_has_no_scores_and_the_model_is_the_same(
+    prepared_sample, tiny_qwen2_path, tmp_path
+):
+    """retriever.validate_epochs=false (cross-fitting: the index stage scores each fold once) skips the scoring,
+    and only the scoring: the trained fold is reused under validate_epochs=true."""
+    from eedi.retrieval.train import train_fold
+
+    run_dir = fresh_run(prepared_sample, tmp_path / "run")
+    trained = train_fold(
+        tiny_config(run_dir, tiny_qwen2_path, "retriever.max_steps=2", "retriever.validate_epochs=false"), 0
+    )
+    log = read_log(run_dir)
+    assert "seconds" in trained and log[-1]["step"] == 2
+    assert not any("val_map@25" in entry for entry in log)
+    assert "seconds" not in train_fold(tiny_config(run_dir, tiny_qwen2_path, "retriever.max_steps=2"), 0)
+
+
 @pytest.mark.slow
 def test_smollm2_last_token_fine_tuned_beats_zero_shot(sample_dir, smollm2_path, tmp_path):
     """SmolLM2-135M with last-token pooling and the instruction: 30 LoRA steps beat the same model zero-shot.
