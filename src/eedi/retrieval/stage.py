@@ -28,7 +28,8 @@ Outputs per fold, in ``run_dir/retriever/fold_{k}/`` (``full/`` for ``folds.full
 * ``model/`` - the merged model, loadable with ``SentenceTransformer(path)``;
 * ``adapter/`` - the LoRA adapter (peft format), when LoRA is on;
 * ``train_log.jsonl`` - one line per evaluation: epoch, step, mean training loss, validation
-  MAP@25 / recall@25 (epoch 0 = the starting model, zero-shot), seconds spent;
+  MAP@25 / recall@25 (epoch 0 = the starting model, zero-shot; not with ``retriever.validate_epochs=false``),
+  seconds spent;
 * ``checkpoints/`` - Trainer checkpoints while training (resume after a crash); removed at the end.
 
 **index**: FAISS index over the misconceptions, top-K candidates for every pair.
