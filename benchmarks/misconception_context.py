@@ -90,7 +90,9 @@ def main() -> int:
     tmp = out / "misconception_mapping.csv.tmp"
     enriched.to_csv(tmp, index=False)
     tmp.replace(out / "misconception_mapping.csv")
-    print(f"wrote {out}: {len(enriched)} misconceptions, context from {len(questions)} questions outside fold {args.fold}")
+    print(
+        f"wrote {out}: {len(enriched)} misconceptions, context from {len(questions)} questions outside fold {args.fold}"
+    )
     for text in enriched["MisconceptionName"].head(3):
         print("---\n" + text)
     return 0
