@@ -24,6 +24,7 @@ unseen misconception. Written to ``benchmarks/results/retrieval_post_hoc.json`` 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import logging
 import sys
@@ -47,13 +48,10 @@ from real_data import (  # noqa: E402
 ALPHAS = (0.9, 0.8, 0.7, 0.5, 1.1, 1.25)
 HUB_K = 10
 HUB_GAMMAS = (0.25, 0.5, 1.0)
-HUB_BANKS = ("rows", "training queries")
 
 
 def interpolated(fine_tuned, zero_shot, alpha: float):
     """``fine_tuned`` with every weight replaced by alpha x its own + (1 - alpha) x ``zero_shot``'s."""
-    import copy
-
     import torch
 
     base = zero_shot.state_dict()
@@ -72,7 +70,7 @@ def hub_penalty(bank: np.ndarray, documents: np.ndarray, k: int) -> np.ndarray:
     """(corpus,) the mean of each misconception's k highest cosines over the ``bank`` queries."""
     cosines = bank @ documents.T
     k = min(k, len(bank))
-    return np.sort(np.partition(cosines, -k, axis=0)[-k:], axis=0).mean(axis=0)
+    return np.partition(cosines, -k, axis=0)[-k:].mean(axis=0)
 
 
 def rows_of(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
