@@ -66,6 +66,7 @@ def render(record: dict) -> str:
     s, curve = record["settings"], record["loss_curve"]
     loss = f"{curve[0]['loss']:.3f} (step {curve[0]['step']}) -> {curve[-1]['loss']:.3f}" if curve else "-"
     negatives = f"{s['negatives']} hard negatives from the top {s.get('pool', 15)}"
+    unit = "groups" if s.get("loss", "bce") == "softmax" else "rows"
     if s.get("loss", "bce") == "softmax":
         negatives += f" and {s.get('random_negatives', 0)} in-batch random ones, softmax over the group"
     lines = [
@@ -74,7 +75,7 @@ def render(record: dict) -> str:
         "",
         f"`{record['command']}`",
         "",
-        f"Starts from `{s.get('init', 'backbone')}`; {record['training_rows']} training groups ({negatives}; "
+        f"Starts from `{s.get('init', 'backbone')}`; {record['training_rows']} training {unit} ({negatives}; "
         f"up to {s.get('demonstrations', 0)} demonstrations a candidate), {record['steps']} steps of "
         f"{s['batch_size']} at lr {s['lr']} in {record['train_seconds']} s ({record['seconds_per_step']} s/step); "
         f"training loss {loss} (a constant prediction scores {record['constant_prediction_loss']}); scoring "
