@@ -66,8 +66,9 @@ def render(record: dict) -> str:
     s, curve = record["settings"], record["loss_curve"]
     loss = f"{curve[0]['loss']:.3f} (step {curve[0]['step']}) -> {curve[-1]['loss']:.3f}" if curve else "-"
     negatives = f"{s['negatives']} hard negatives from the top {s.get('pool', 15)}"
-    unit = "groups" if s.get("loss", "bce") == "softmax" else "rows"
-    if s.get("loss", "bce") == "softmax":
+    softmax = s.get("loss", "bce") == "softmax"
+    unit = "groups" if softmax else "rows"
+    if softmax:
         negatives += f" and {s.get('random_negatives', 0)} in-batch random ones, softmax over the group"
     lines = [
         f"MiniLM cross-encoder reranker, fold {record['fold']} of `{record['run_dir']}`, {record['machine']}, "
