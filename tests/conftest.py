@@ -197,6 +197,44 @@ def copy_tree(src: Path, dst: Path) -> Path:
     return dst
 
 
+def assert_submission_reranked(run_dir: Path) -> None:
+    """infer wrote 25 misconceptions a row, and the second stage moved something: not the retriever's ranking."""
+    import pandas as pd
+
+    from eedi.evaluation.metrics import candidates_to_lists
+
+    submission = pd.read_csv(run_dir / "submission.csv")
+    assert submission["MisconceptionId"].str.split().map(len).eq(25).all()
+    retriever = candidates_to_lists(pd.read_parquet(run_dir / "candidates" / "test.parquet"))
+    ours = dict(zip(submission["QuestionId_Answer"], submission["MisconceptionId"]))
+    moved = sum(ours[key] != " ".join(map(str, ids[:25])) for key, ids in retriever.items())
+    assert moved > 0
+
+
+def assert_serve_matches_infer(run_dir: Path, test_csv: Path, kind: str, backend: str) -> None:
+    """``eedi serve`` loads the run's ``kind`` reranker on ``backend``, and its answer to the uploaded test.csv is
+    what infer wrote (same rows, same models, same calibration)."""
+    import io
+
+    import pandas as pd
+
+    from eedi.serve.predictor import Predictor
+
+    predictor = Predictor(run_dir)
+    try:
+        assert predictor.reranker_name == kind
+        assert predictor.has_reranker
+        assert predictor.health()["reranker_backend"] == backend
+        served = pd.read_csv(io.BytesIO(predictor.submission(test_csv.read_bytes())))
+    finally:
+        predictor.close()
+    written = pd.read_csv(run_dir / "submission.csv")
+    pd.testing.assert_frame_equal(
+        served.sort_values("QuestionId_Answer").reset_index(drop=True),
+        written.sort_values("QuestionId_Answer").reset_index(drop=True),
+    )
+
+
 # Fixtures that train or generate with real models on the sample (minutes each on 2 cores).
 # Tests that use them count as slow: `make test-fast` skips them; `make test` (CI) runs everything.
 HEAVY_FIXTURES = {"indexed_sample", "reranked_sample", "quantized_sample", "kaggle_package", "generated"}

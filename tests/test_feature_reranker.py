@@ -16,7 +16,8 @@ import pytest
 from eedi.config import load_config
 from eedi.errors import ConfigError
 from eedi.rerank.features import LabelStats, candidate_features
-from eedi.rerank.ltr import group_weights, move
+from eedi.rerank.ltr import group_weights
+from eedi.rerank.moves import move
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,7 @@ def test_feature_reranker_has_nothing_to_quantize():
 
 def test_bad_kind_on_the_command_line_exits_with_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "eedi", "run", "--dry-run", "--config", "configs/cpu.yaml", "reranker.kind=pointwise"],
+        [sys.executable, "-m", "eedi", "run", "--dry-run", "--config", "configs/cpu.yaml", "reranker.kind=pairwise"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -187,38 +188,13 @@ def test_stage_trains_a_ranker_per_fold_and_a_full_one(feature_run):
 
 @pytest.mark.slow
 def test_infer_writes_the_reranked_submission(feature_run):
-    from eedi.evaluation.metrics import candidates_to_lists
+    from conftest import assert_submission_reranked
 
-    submission = pd.read_csv(feature_run / "submission.csv")
-    assert submission["MisconceptionId"].str.split().map(len).eq(25).all()
-    retriever = candidates_to_lists(pd.read_parquet(feature_run / "candidates" / "test.parquet"))
-    # The model moved something: the submission is not the retriever's ranking.
-    ours = dict(zip(submission["QuestionId_Answer"], submission["MisconceptionId"]))
-    moved = sum(ours[key] != " ".join(map(str, ids[:25])) for key, ids in retriever.items())
-    assert moved > 0
+    assert_submission_reranked(feature_run)
 
 
 @pytest.mark.slow
 def test_serve_uses_the_feature_reranker(feature_run, sample_dir):
-    from eedi.serve.predictor import Predictor
+    from conftest import assert_serve_matches_infer
 
-    predictor = Predictor(feature_run)
-    try:
-        assert predictor.reranker_name == "features"
-        assert predictor.has_reranker
-        assert predictor.health()["reranker_backend"] == "lightgbm"
-        served = pd.read_csv(io_bytes(predictor.submission((sample_dir / "test.csv").read_bytes())))
-    finally:
-        predictor.close()
-    written = pd.read_csv(feature_run / "submission.csv")
-    # Same rows, same models, same calibration: serve's upload answers what infer wrote.
-    pd.testing.assert_frame_equal(
-        served.sort_values("QuestionId_Answer").reset_index(drop=True),
-        written.sort_values("QuestionId_Answer").reset_index(drop=True),
-    )
-
-
-def io_bytes(data: bytes):
-    import io
-
-    return io.BytesIO(data)
+    assert_serve_matches_infer(feature_run, sample_dir / "test.csv", "features", "lightgbm")

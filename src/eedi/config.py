@@ -312,21 +312,25 @@ class RerankerLoraSection(LoraSection):
 FSDP_OPTIONS = {"full_shard", "shard_grad_op", "no_shard", "hybrid_shard", "hybrid_shard_zero2", "offload", "auto_wrap"}
 
 
-class FeatureRerankerSection(Section):
-    """``reranker.kind: features``: LightGBM lambdarank over retrieval, label and TF-IDF features
-    (:mod:`eedi.rerank.ltr`), trained on the validation candidates of the other folds in ``folds.use``."""
+class RerankerMoveSection(Section):
+    """What a CPU second stage may move within the top ``reranker.depth`` (:mod:`eedi.rerank.moves`)."""
 
-    # blend: the best mix gain on the unseen-rich folds (+0.012, against +0.008 for all), checked on the
-    # question-grouped folds (+0.022); docs/results.md "Real data: the feature reranker stage".
     move: Literal["all", "seen", "top_k", "blend"] = Field("blend", json_schema_extra=RERANKING)
-    """What the model may move within the top ``reranker.depth``: all (order by its score), seen (only candidates
-    seen in training, among their own places; unseen ones keep the retriever's ranks), top_k (only the
-    retriever's first ``top_k``, among themselves), blend (``blend_weight`` x its score + the rest x the
-    retriever's, both min-max scaled per pair)."""
+    """all (order by the model's score), seen (only candidates seen in training, among their own places; unseen
+    ones keep the retriever's ranks), top_k (only the retriever's first ``top_k``, among themselves), blend
+    (``blend_weight`` x the model's score + the rest x the retriever's, both min-max scaled per pair)."""
     top_k: int = Field(5, ge=1, json_schema_extra=RERANKING)
     """move=top_k: how many of the retriever's first candidates the model reorders."""
     blend_weight: float = Field(0.5, ge=0.0, le=1.0, json_schema_extra=RERANKING)
     """move=blend: the model's share of the blended score."""
+
+
+class FeatureRerankerSection(RerankerMoveSection):
+    """``reranker.kind: features``: LightGBM lambdarank over retrieval, label and TF-IDF features
+    (:mod:`eedi.rerank.ltr`), trained on the validation candidates of the other folds in ``folds.use``.
+    ``move: blend`` at 0.5 had the best mix gain on the unseen-rich folds (+0.012, against +0.008 for all),
+    checked on the question-grouped folds (+0.022); docs/results.md "Real data: the feature reranker stage"."""
+
     n_estimators: int = Field(300, ge=1, json_schema_extra=TRAINS_RERANKER)
     """Boosting rounds."""
     learning_rate: float = Field(0.03, gt=0.0, json_schema_extra=TRAINS_RERANKER)
@@ -340,6 +344,40 @@ class FeatureRerankerSection(Section):
     total (the test mix), whatever their share of the folds. false: every pair the same."""
 
 
+class PointwiseRerankerSection(RerankerMoveSection):
+    """``reranker.kind: pointwise``: a cross-encoder (sentence-transformers ``CrossEncoder``, one logit per
+    (query, misconception)) trained per fold on the fold's training candidates with a softmax cross-entropy over
+    a group of the positive, hard negatives from the retriever's top ``hard_negative_pool`` and random negatives
+    (:mod:`eedi.rerank.pointwise`). On real data (unseen-rich fold 0) ``blend`` at 0.3 gained +0.011 at the mix
+    (0.2: +0.006, 0.5: +0.004); docs/results.md "Real data: rerankers on CPU"."""
+
+    blend_weight: float = Field(0.3, ge=0.0, le=1.0, json_schema_extra=RERANKING)
+    """move=blend: the model's share of the blended score."""
+    backbone: str = Field("retriever", json_schema_extra=TRAINS_RERANKER)
+    """Where the cross-encoder starts. retriever: the run's own fine-tuned retriever of the same fold (a BERT-style
+    encoder saved whole, as the CPU profiles' retrievers are) with a new one-logit head; otherwise a Hugging Face
+    model id or local folder (a cross-encoder, or an encoder that gets a new head)."""
+    hard_negatives: int = Field(3, ge=1, json_schema_extra=TRAINS_RERANKER)
+    """Negatives per training group drawn from the retriever's top ``hard_negative_pool`` for that pair."""
+    hard_negative_pool: int = Field(32, ge=2, json_schema_extra=TRAINS_RERANKER)
+    """The retriever ranks the hard negatives are drawn from (the 1st-place ranker: its top 32)."""
+    random_negatives: int = Field(2, ge=0, json_schema_extra=TRAINS_RERANKER)
+    """Other groups' positives in the same batch added to each group's softmax as easy negatives (all-hard
+    negatives hurt, sentence-transformers' reranker guide)."""
+    epochs: float = Field(1.0, gt=0, json_schema_extra=TRAINS_RERANKER)
+    """Passes over the training groups."""
+    lr: float = Field(5e-5, gt=0, json_schema_extra=TRAINS_RERANKER)
+    """Peak learning rate (linear decay after a 10 % warm-up)."""
+    batch_size: int = Field(16, ge=1, json_schema_extra=TRAINS_RERANKER)
+    """Training groups per step."""
+    max_length: int = Field(256, ge=16, json_schema_extra=affects("train-reranker", "infer", trains=True))
+    """Token limit of a (query, misconception) input."""
+    max_train_pairs: int | None = Field(None, ge=1, json_schema_extra=TRAINS_RERANKER)
+    """Cap on training pairs (a random subset); None: all of them."""
+    score_batch_size: int = Field(64, ge=1, json_schema_extra=RERANKING)
+    """(query, misconception) inputs per forward pass when scoring."""
+
+
 class RerankerConfig(Section):
     """Stage ``train-reranker`` and the reranking inside evaluate/infer: a listwise LoRA causal LM that reads
     a window of candidates labelled A, B, C, ... and answers with the label of the right one."""
@@ -348,12 +386,15 @@ class RerankerConfig(Section):
     """false: no reranker. train-reranker records itself as skipped, and infer writes the submission in the
     retriever's order (for profiles where a reranker does not pay for its compute; quantize then needs
     quantize.enabled=false)."""
-    kind: Literal["listwise", "features"] = Field(
+    kind: Literal["listwise", "pointwise", "features"] = Field(
         "listwise", json_schema_extra=affects("train-reranker", "quantize", "infer", trains=True)
     )
-    """listwise: the LoRA causal LM below (the CUDA default). features: a LightGBM ranker over cheap features
+    """listwise: the LoRA causal LM below (the CUDA default). pointwise: a cross-encoder that scores each candidate
+    alone (``reranker.pointwise``), for CPU. features: a LightGBM ranker over cheap features
     (``reranker.features``), for CPU; it trains on other folds' validation candidates, so it needs at least
-    two folds in ``folds.use``, and it has nothing to quantize (``quantize.enabled=false``)."""
+    two folds in ``folds.use``. listwise and pointwise train on a fold's training candidates, so they need at
+    least one. pointwise and features have nothing to quantize (``quantize.enabled=false``)."""
+    pointwise: PointwiseRerankerSection = Field(default_factory=PointwiseRerankerSection)
     features: FeatureRerankerSection = Field(default_factory=FeatureRerankerSection)
     backbone: str = Field("Qwen/Qwen2.5-14B-Instruct", json_schema_extra=TRAINS_RERANKER)
     """Hugging Face model id or local folder of an instruction-tuned causal LM with a chat template."""
@@ -659,16 +700,21 @@ class Config(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
-    def _feature_reranker_runnable(self) -> Config:
-        if not (self.reranker.enabled and self.reranker.kind == "features"):
+    def _reranker_runnable(self) -> Config:
+        rc = self.reranker
+        if not rc.enabled:
             return self
-        if len(self.folds.use) < 2:
+        needed = 2 if rc.kind == "features" else 1
+        if len(self.folds.use) < needed:
+            where = "the other folds' validation" if rc.kind == "features" else "a fold's training"
             raise ValueError(
-                f"folds.use={list(self.folds.use)}: reranker.kind=features trains each fold's model on the other "
-                "folds' validation candidates, so it needs at least two folds in folds.use"
+                f"folds.use={list(self.folds.use)}: reranker.kind={rc.kind} trains on {where} candidates, so it "
+                f"needs at least {needed} fold(s) in folds.use (or reranker.enabled=false)"
             )
-        if self.quantize.enabled:
-            raise ValueError("quantize.enabled: reranker.kind=features has no language model to quantize; set it false")
+        if rc.kind != "listwise" and self.quantize.enabled:
+            raise ValueError(
+                f"quantize.enabled: reranker.kind={rc.kind} has no language model to quantize; set it false"
+            )
         return self
 
 

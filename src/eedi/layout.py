@@ -145,6 +145,14 @@ class RunLayout:
         """reranker.kind=features: the LightGBM booster (text format) of model ``name``."""
         return self.reranker(name) / LTR_MODEL_FILE
 
+    def reranker_model(self, name: str, kind: str) -> Path:
+        """The file or folder that holds reranker ``name`` of ``reranker.kind`` once it is trained."""
+        if kind == "features":
+            return self.reranker_ltr(name)
+        if kind == "pointwise":
+            return self.cross_encoder_dir(self.reranker(name))
+        return self.reranker_merged(name)
+
     @staticmethod
     def model_dir(model_root: Path) -> Path:
         """The loadable model inside a retriever/<name> folder."""
@@ -154,6 +162,11 @@ class RunLayout:
     def merged_dir(model_root: Path) -> Path:
         """The merged (or fully fine-tuned) model inside a reranker/<name> folder."""
         return model_root / "merged"
+
+    @staticmethod
+    def cross_encoder_dir(model_root: Path) -> Path:
+        """reranker.kind=pointwise: the sentence-transformers CrossEncoder inside a reranker/<name> folder."""
+        return model_root / "cross_encoder"
 
     @staticmethod
     def adapter_dir(model_root: Path) -> Path:

@@ -94,11 +94,11 @@ def _reranker_outputs(cfg: Config) -> list[Path]:
         return []
     lay = _layout(cfg)
     names = _fold_names(cfg)
-    model = lay.reranker_ltr if cfg.reranker.kind == "features" else lay.reranker_merged
+    kind = cfg.reranker.kind
     return [
         lay.metrics,
-        *[p for n in names for p in (model(n), lay.reranked(n))],
-        *([model(FULL)] if cfg.folds.full_fit else []),
+        *[p for n in names for p in (lay.reranker_model(n, kind), lay.reranked(n))],
+        *([lay.reranker_model(FULL, kind)] if cfg.folds.full_fit else []),
     ]
 
 

@@ -457,7 +457,8 @@ def plan_config(config: Config, gpus: Gpus | None, name: str = "", only: list[st
         stages.append(plan_synthesis(config, dtype, gpus))
     stages.append(plan_retriever_training(config, dtype, gpus))
     stages.append(plan_index(config, dtype, gpus))
-    # reranker.kind=features: a LightGBM model on CPU, megabytes; the plan is about the language models.
+    # reranker.kind=features or pointwise: a LightGBM model or a MiniLM-sized cross-encoder on CPU; the plan is
+    # about the language models.
     language_reranker = config.reranker.enabled and config.reranker.kind == "listwise"
     if language_reranker:
         stages.append(plan_reranker_training(config, dtype, gpus))

@@ -7,14 +7,8 @@ questions. The stage therefore trains fold k's model on the *validation* candida
 ``folds.use`` (each scored by its own fold's retriever), and the model for the submission on the validation
 candidates of every used fold.
 
-What the model may move (``reranker.features.move``), within each pair's top ``reranker.depth``:
-
-* ``all``: the candidates are ordered by the model's score;
-* ``seen``: only the candidates seen in training are reordered, among the places the retriever gave them; the
-  unseen ones keep their ranks (the retriever's unseen prior and its test-time calibration stay as they are);
-* ``top_k``: only the retriever's first ``top_k`` are reordered among themselves;
-* ``blend``: ordered by ``blend_weight`` x the model's score + (1 - ``blend_weight``) x the retriever's score, both
-  min-max scaled within the pair.
+What the model may move within each pair's top ``reranker.depth`` is ``reranker.features.move``
+(:mod:`eedi.rerank.moves`).
 """
 
 from __future__ import annotations
@@ -27,17 +21,7 @@ import pandas as pd
 from eedi.config import Config
 from eedi.layout import LTR_MODEL_FILE
 from eedi.rerank.features import FEATURES, LabelStats, candidate_features
-
-
-def top_candidates(candidates: pd.DataFrame, depth: int) -> pd.DataFrame:
-    """Each pair's first ``depth`` candidates, pairs consecutive and in rank order (original index kept)."""
-    ordered = candidates.sort_values(["QuestionId_Answer", "rank"], kind="stable")
-    return ordered[ordered.groupby("QuestionId_Answer", sort=False).cumcount() < depth]
-
-
-def _minmax(values: np.ndarray) -> np.ndarray:
-    span = values.max() - values.min()
-    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+from eedi.rerank.moves import rerank_top, top_candidates
 
 
 def training_table(
@@ -141,53 +125,10 @@ class FeatureReranker:
         ``final_score`` (what the move mode orders by; NaN below depth) and ``final_rank`` (0-based), as
         :func:`eedi.rerank.schemes.rerank` returns them."""
         rc = config.reranker
-        ordered = candidates.sort_values(["QuestionId_Answer", "rank"], kind="stable").reset_index(drop=True)
-        out = ordered.assign(
-            reranker_score=np.nan,
-            final_score=np.nan,
-            final_rank=ordered.groupby("QuestionId_Answer", sort=False).cumcount().to_numpy(),
-        )
-        top = top_candidates(ordered, rc.depth)
-        if top.empty:
-            return out
-        features = candidate_features(top, pairs, self.stats)
-        model = self.booster.predict(features[FEATURES], num_threads=config.runtime.num_threads or 0)
-        keys = top["QuestionId_Answer"].to_numpy()
-        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        bounds = [*starts.tolist(), len(keys)]
-        final_score = np.empty(len(top))
-        final_rank = np.empty(len(top), dtype=np.int64)
-        seen = features["seen"].to_numpy() > 0
-        retriever = top["score"].to_numpy(dtype=np.float64)
-        fc = rc.features
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            order, final_score[a:b] = move(fc.move, model[a:b], retriever[a:b], seen[a:b], fc.top_k, fc.blend_weight)
-            final_rank[a + order] = np.arange(b - a)
-        index = top.index.to_numpy()
-        out.loc[index, "reranker_score"] = model
-        out.loc[index, "final_score"] = final_score
-        out.loc[index, "final_rank"] = final_rank
-        return out.sort_values(["QuestionId_Answer", "final_rank"], kind="stable").reset_index(drop=True)
 
+        def score(top: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+            features = candidate_features(top, pairs, self.stats)
+            model = self.booster.predict(features[FEATURES], num_threads=config.runtime.num_threads or 0)
+            return model, features["seen"].to_numpy() > 0
 
-def move(
-    mode: str, model: np.ndarray, retriever: np.ndarray, seen: np.ndarray, top_k: int, blend_weight: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """One pair's new order (candidate positions, best first) and the score it reports per candidate, for
-    candidates given in retriever order. Ties keep retriever order."""
-    n = len(model)
-    if mode == "all":
-        return np.argsort(-model, kind="stable"), model
-    if mode == "blend":
-        fused = blend_weight * _minmax(model) + (1 - blend_weight) * _minmax(retriever)
-        return np.argsort(-fused, kind="stable"), fused
-    order = np.arange(n)
-    if mode == "top_k":
-        k = min(top_k, n)
-        order[:k] = np.argsort(-model[:k], kind="stable")
-        return order, model
-    if mode == "seen":
-        slots = np.flatnonzero(seen)
-        order[slots] = slots[np.argsort(-model[slots], kind="stable")]
-        return order, model
-    raise ValueError(f"unknown reranker.features.move {mode!r}")
+        return rerank_top(candidates, rc.depth, rc.features, score)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from eedi.config import Config, RerankerConfig
 from eedi.rerank.ltr import FeatureReranker
+from eedi.rerank.pointwise import PointwiseReranker
 from eedi.rerank.prompts import build_prompt, misconception_names, pair_lookup
 from eedi.rerank.scoring import make_scorer, score_with
 from eedi.rerank.windows import sliding_windows
@@ -107,6 +108,18 @@ def _rerank_tournament(groups: dict[str, pd.DataFrame], score, rc: RerankerConfi
     return out
 
 
+CPU_KINDS = ("features", "pointwise")
+"""reranker.kind values whose model scores each candidate alone and reorders by :mod:`eedi.rerank.moves`."""
+
+
+def load_cpu_reranker(config: Config, model_dir: str | Path, labelled: pd.DataFrame, misconceptions: pd.DataFrame):
+    """The trained second stage in ``model_dir`` (a reranker/<name> folder) of reranker.kind features or pointwise.
+    ``labelled``: the pairs the candidates' retriever was trained on (which misconceptions count as seen)."""
+    if config.reranker.kind == "features":
+        return FeatureReranker(model_dir, labelled, misconceptions)
+    return PointwiseReranker(model_dir, labelled, misconceptions, config)
+
+
 def rerank(
     config: Config,
     model_path: str | Path,
@@ -117,7 +130,7 @@ def rerank(
     scorer=None,
 ) -> pd.DataFrame:
     """Rerank each pair's top ``reranker.depth`` candidates with the reranker at ``model_path`` (reranker.kind
-    features: :class:`eedi.rerank.ltr.FeatureReranker`, ``scorer`` one already loaded with its label statistics).
+    features or pointwise: :func:`load_cpu_reranker`, ``scorer`` one already loaded with its seen labels).
 
     Returns the candidate rows (all of them) plus ``reranker_score`` (mean label probability
     over the candidate's sliding windows, or its probability in the last tournament window it
@@ -129,11 +142,11 @@ def rerank(
     missing = [c for c in ("QuestionId_Answer", "rank", "MisconceptionId", "score") if c not in candidates.columns]
     if missing:
         raise KeyError(f"candidates table lacks column(s) {missing}")
-    if rc.kind == "features":
+    if rc.kind in CPU_KINDS:
         if scorer is None:
             # The candidates' retriever was trained on every labelled training pair (infer, the Kaggle notebook).
             labelled = pairs[(pairs["split"] == "train") & pairs["MisconceptionId"].notna()]
-            scorer = FeatureReranker(model_path, labelled, misconceptions)
+            scorer = load_cpu_reranker(config, model_path, labelled, misconceptions)
         return scorer.rerank(config, candidates, pairs)
     pair_rows = pair_lookup(pairs)
     unknown = sorted(set(candidates["QuestionId_Answer"]) - set(pair_rows))

@@ -1,6 +1,7 @@
 """Stage ``train-reranker``: a listwise LoRA reranker per fold, and its validation reranking.
 
-(``reranker.kind: features`` instead trains the LightGBM ranker of :mod:`eedi.rerank.ltr`: :func:`run_features`.)
+(``reranker.kind: features`` instead trains the LightGBM ranker of :mod:`eedi.rerank.ltr`: :func:`run_features`;
+``reranker.kind: pointwise`` the cross-encoder of :mod:`eedi.rerank.pointwise`: :func:`run_pointwise`.)
 
 The reranker is a causal LM that reads the question context and a *window* of candidate
 misconceptions labelled A, B, C, ... and answers with the label of the one behind the wrong
@@ -43,6 +44,8 @@ from eedi.layout import FULL, RunLayout, model_name
 from eedi.manifest import fingerprint
 from eedi.rerank.ltr import FeatureReranker, training_table
 from eedi.rerank.ltr import fit as fit_ltr
+from eedi.rerank.pointwise import PointwiseReranker
+from eedi.rerank.pointwise import fit as fit_pointwise
 from eedi.rerank.schemes import rerank
 from eedi.rerank.train import fit_reranker, training_fingerprint, training_rows
 from eedi.rerank.windows import one_list_per_pair, read_candidates
@@ -60,6 +63,8 @@ def run(config: Config) -> dict:
     pairs, folds, misconceptions = load_pairs(layout.root), load_folds(layout.root), load_misconceptions(layout.root)
     if config.reranker.kind == "features":
         return run_features(config, layout, pairs, folds, misconceptions)
+    if config.reranker.kind == "pointwise":
+        return run_pointwise(config, layout, pairs, folds, misconceptions)
     # Under torchrun every rank trains each fold; rank 0 alone scores the validation part and writes the results.
     main = processes(resolve(config.runtime), config.runtime.ddp_timeout).is_main
     summary: dict = {"folds": {}}
@@ -67,15 +72,7 @@ def run(config: Config) -> dict:
     for k in config.folds.use:
         name = model_name(k)
         path = layout.candidates(name)
-        candidates = read_candidates(path)
-        train_part = candidates[candidates["part"] == "train"]
-        val_part = candidates[candidates["part"] == "val"]
-        if train_part.empty or val_part.empty:
-            raise DataError(
-                path,
-                f"needs part='train' and part='val' rows (found {sorted(candidates['part'].unique())})",
-                column="part",
-            )
+        candidates, train_part, val_part = _fold_candidates(path)
         tables.append(candidates)
         out_dir = layout.reranker(name)
         positives, train_pairs = training_rows(config, pairs, set(train_part["QuestionId_Answer"]))
@@ -90,14 +87,83 @@ def run(config: Config) -> dict:
         seen = set(train_val_split(pairs, folds, k)[0]["MisconceptionId"].astype(int))
         summary["folds"][name] = {**_record(config, layout, k, reranked, val_part, pairs, seen), "train": fit}
     if config.folds.full_fit:
-        # Every labelled pair once, with the most realistic candidate list the folds offer.
-        combined = one_list_per_pair(pd.concat(tables, ignore_index=True))
-        positives, train_pairs = training_rows(config, pairs, set(combined["QuestionId_Answer"]))
-        full_fp = fingerprint(
-            *[training_fingerprint(config, layout.candidates(model_name(k))) for k in config.folds.use]
-        )
+        combined, positives, train_pairs, full_fp = _full_fit_rows(config, layout, pairs, tables)
         summary[FULL] = fit_reranker(
             config, layout.reranker(FULL), combined, positives, train_pairs, misconceptions, full_fp
+        )
+    return summary
+
+
+def _fold_candidates(path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A fold's candidates and their training and validation parts (both must be there)."""
+    candidates = read_candidates(path)
+    train_part = candidates[candidates["part"] == "train"]
+    val_part = candidates[candidates["part"] == "val"]
+    if train_part.empty or val_part.empty:
+        raise DataError(
+            path,
+            f"needs part='train' and part='val' rows (found {sorted(candidates['part'].unique())})",
+            column="part",
+        )
+    return candidates, train_part, val_part
+
+
+def _full_fit_rows(config: Config, layout: RunLayout, pairs, tables: list[pd.DataFrame]) -> tuple:
+    """The full-fit reranker's training candidates (every labelled pair once, with the most realistic candidate
+    list the folds offer), its positives and pairs, and the fingerprint of what it trains on."""
+    combined = one_list_per_pair(pd.concat(tables, ignore_index=True))
+    positives, train_pairs = training_rows(config, pairs, set(combined["QuestionId_Answer"]))
+    full_fp = fingerprint(*[training_fingerprint(config, layout.candidates(model_name(k))) for k in config.folds.use])
+    return combined, positives, train_pairs, full_fp
+
+
+def run_pointwise(config: Config, layout: RunLayout, pairs, folds, misconceptions) -> dict:
+    """reranker.kind=pointwise: fold k's cross-encoder trains on the fold's training candidates, starting from
+    the fold's retriever (``reranker.pointwise.backbone: retriever``), and reranks its validation candidates; the
+    submission's model (``reranker/full``, with ``folds.full_fit``) trains on every labelled pair, from the
+    full-fit retriever."""
+    summary: dict = {"folds": {}, "kind": "pointwise"}
+    tables = []
+    for k in config.folds.use:
+        name = model_name(k)
+        path = layout.candidates(name)
+        candidates, train_part, val_part = _fold_candidates(path)
+        tables.append(candidates)
+        positives, train_pairs = training_rows(config, pairs, set(train_part["QuestionId_Answer"]))
+        fit = fit_pointwise(
+            config,
+            layout.reranker(name),
+            train_part,
+            positives,
+            train_pairs,
+            misconceptions,
+            layout.retriever_model(name),
+            training_fingerprint(config, path),
+        )
+        labelled = train_val_split(pairs, folds, k)[0]
+        reranker = PointwiseReranker(layout.reranker(name), labelled, misconceptions, config)
+        reranked = reranker.rerank(config, val_part, pairs)
+        seen = set(labelled["MisconceptionId"].astype(int))
+        summary["folds"][name] = {**_record(config, layout, k, reranked, val_part, pairs, seen), "train": fit}
+        log.info(
+            "fold %d: cross-encoder loss %s -> %s over %s steps (a constant scores %s)",
+            k,
+            fit.get("first_loss"),
+            fit.get("last_loss"),
+            fit.get("steps"),
+            fit.get("constant_loss"),
+        )
+    if config.folds.full_fit:
+        combined, positives, train_pairs, full_fp = _full_fit_rows(config, layout, pairs, tables)
+        summary[FULL] = fit_pointwise(
+            config,
+            layout.reranker(FULL),
+            combined,
+            positives,
+            train_pairs,
+            misconceptions,
+            layout.retriever_model(FULL),
+            full_fp,
         )
     return summary
 

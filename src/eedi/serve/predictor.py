@@ -40,7 +40,7 @@ from eedi.evaluation.metrics import candidates_to_lists
 from eedi.evaluation.summary import validation_headline
 from eedi.fileio import read_json
 from eedi.layout import RunLayout
-from eedi.rerank.ltr import FeatureReranker
+from eedi.rerank.schemes import CPU_KINDS, load_cpu_reranker
 from eedi.rerank.schemes import rerank as rerank_candidates
 from eedi.rerank.scoring import make_scorer
 from eedi.retrieval.indexing import TEST_UNSEEN_BOOST
@@ -212,13 +212,15 @@ class Predictor:
                 raise ServeError(str(err)) from None
             log.info("no reranker to serve (%s): retrieval only", err)
             return
-        if self.config.reranker.kind == "features":
-            self.scorer = FeatureReranker(self.reranker_path, self._labelled, self.misconceptions)
+        if self.config.reranker.kind in CPU_KINDS:
+            self.scorer = load_cpu_reranker(self.config, self.reranker_path, self._labelled, self.misconceptions)
         else:
             self.scorer = make_scorer(self.reranker_path, self.config.infer.backend, self.config)
 
     def _reranker_backend(self) -> str:
-        return "lightgbm" if self.config.reranker.kind == "features" else self.config.infer.backend
+        return {"features": "lightgbm", "pointwise": "sentence-transformers"}.get(
+            self.config.reranker.kind, self.config.infer.backend
+        )
 
     @property
     def has_reranker(self) -> bool:

@@ -8,7 +8,9 @@ Kaggle code-competition notebooks run offline, so everything the notebook
       config.yaml      the run's resolved config (query template, top-K, reranker windows, fusion)
       retriever/       SentenceTransformer folder (full-fit model if trained, else the first fold's)
       retriever-embeddings.npz  what the index stage embedded with it (misconceptions, training queries)
-      reranker/        HF folder: quantized (gptq/awq) or merged, per infer.reranker_model
+      reranker/        HF folder: quantized (gptq/awq) or merged, per infer.reranker_model; for
+                       reranker.kind features or pointwise, the reranker/<name> folder (lightgbm.txt or
+                       cross_encoder/)
                        (absent when reranker.enabled is false: the submission is the retriever's ranking)
       wheels/          the eedi wheel; with --with-deps also every dependency of [infer-cuda,cpu,nf4]
 

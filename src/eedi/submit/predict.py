@@ -19,8 +19,8 @@ from eedi.data.pairs import build_pairs
 from eedi.data.submission import write_submission
 from eedi.errors import ConfigError, DataError, MissingInputError
 from eedi.evaluation.metrics import candidates_to_lists
-from eedi.layout import FULL, LTR_MODEL_FILE, RunLayout, model_name
-from eedi.rerank.schemes import rerank
+from eedi.layout import FULL, RunLayout, model_name
+from eedi.rerank.schemes import CPU_KINDS, rerank
 from eedi.retrieval.model import load_encoder
 from eedi.retrieval.search import CandidateRetriever, EmbeddingStore, candidates_frame
 from eedi.runtime import Placement, resolve
@@ -52,14 +52,15 @@ def reranker_candidates(run_dir: Path, folds: list[int]) -> dict[str, Path]:
 
 def choose_reranker(config: Config, run_dir: Path | None = None) -> tuple[str, Path]:
     """The reranker to serve, per ``infer.reranker_model`` (auto: quantized when the backend can run it).
-    reranker.kind=features: ("features", the folder of the full-fit model, else the first fold's)."""
+    reranker.kind=features or pointwise: (the kind, the folder of the full-fit model, else the first fold's)."""
     run_dir = Path(run_dir or config.run_dir)
-    if config.reranker.kind == "features":
+    kind = config.reranker.kind
+    if kind in CPU_KINDS:
         layout = RunLayout(run_dir)
         for name in [FULL, *[model_name(k) for k in config.folds.use]]:
-            if layout.reranker_ltr(name).is_file():
-                return "features", layout.reranker(name)
-        raise MissingInputError(f"a feature reranker ({LTR_MODEL_FILE}) in {layout.reranker(FULL)}", "train-reranker")
+            if layout.reranker_model(name, kind).exists():
+                return kind, layout.reranker(name)
+        raise MissingInputError(f"a {kind} reranker in {layout.reranker_model(FULL, kind)}", "train-reranker")
     found = reranker_candidates(run_dir, list(config.folds.use))
     wanted = config.infer.reranker_model
     if wanted == "auto":
