@@ -25,7 +25,7 @@ as unseen misconceptions are; at scoring, K for every misconception with such a 
 2 random ones, 1 demonstration, the run's fine-tuned retriever as the starting point.
 
 It then scores the top ``--depth`` candidates of every validation pair and reorders them by
-``eedi.rerank.ltr.move`` (what ``reranker.kind: features`` may move): ``blend`` with weight ``w`` (``w`` x the
+``eedi.rerank.moves.move`` (what ``reranker.kind: features`` may move): ``blend`` with weight ``w`` (``w`` x the
 min-max scaled cross-encoder score + the rest x the retriever's, ``w`` = 0 being the retriever's own order),
 ``seen`` (only candidates seen in training move, among their own places) and ``top_k`` 5. Every row reports
 MAP@25, the competition's mix (0.25 x seen + 0.75 x unseen), seen and unseen.
@@ -153,7 +153,7 @@ def main() -> int:
     from eedi.data.artifacts import load_folds, load_misconceptions, load_pairs
     from eedi.data.folds import train_val_split
     from eedi.layout import RunLayout, model_name
-    from eedi.rerank.ltr import move
+    from eedi.rerank.moves import move
 
     started = time.time()
     run_dir = Path(args.run_dir)
