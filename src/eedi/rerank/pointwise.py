@@ -89,6 +89,7 @@ def fit(
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import MultipleNegativesRankingLoss
 
+    from eedi.runtime import barrier, processes, resolve
     from eedi.tracking import trainer_report_to
     from eedi.trainer_progress import TrainerProgress
 
@@ -99,8 +100,13 @@ def fit(
     if info.get("fingerprint") == train_fp and (target / "config.json").exists():
         log.info("%s is trained with this config: reused", out_dir)
         return info.get("summary", {})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(info_path, {"fingerprint": train_fp, "status": "training"})
+    # Under torchrun every rank trains (DDP through the Trainer); rank 0 alone writes the state and the model.
+    procs = processes(resolve(config.runtime), config.runtime.ddp_timeout)
+    placement = procs.placement
+    barrier()  # every rank has read the model's state before rank 0 changes it
+    if procs.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(info_path, {"fingerprint": train_fp, "status": "training"})
     queries = dict(zip(pairs["QuestionId_Answer"], pairs["QueryText"]))
     groups = training_groups(config, train_candidates, positives, queries, misconception_names(misconceptions))
     if groups.empty:
@@ -111,7 +117,7 @@ def fit(
     dataset = Dataset.from_pandas(groups, preserve_index=False).shuffle(seed=config.seed)
     torch.manual_seed(config.seed)
     start = start_model(config, retriever_dir)
-    model = CrossEncoder(start, num_labels=1, max_length=pc.max_length, device="cpu")
+    model = CrossEncoder(start, num_labels=1, max_length=pc.max_length, device=str(placement.device))
     steps = int(np.ceil(len(dataset) / pc.batch_size) * pc.epochs)
     args = CrossEncoderTrainingArguments(
         output_dir=str(RunLayout.checkpoints_dir(out_dir)),
@@ -119,7 +125,9 @@ def fit(
         per_device_train_batch_size=pc.batch_size,
         learning_rate=pc.lr,
         warmup_steps=int(round(0.1 * steps)),
-        use_cpu=True,
+        use_cpu=not placement.is_cuda,
+        ddp_backend="gloo" if procs.distributed and not placement.is_cuda else None,
+        ddp_timeout=config.runtime.ddp_timeout,
         save_strategy="no",
         report_to=trainer_report_to(config, "train-reranker"),
         seed=config.seed,
@@ -141,14 +149,16 @@ def fit(
     t0 = time.time()
     trainer.train()
     seconds = time.time() - t0
-    with atomic_dir(target) as tmp:
-        model.save(str(tmp))
-    shutil.rmtree(RunLayout.checkpoints_dir(out_dir), ignore_errors=True)  # the Trainer's output_dir, unused
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
-    write_text(RunLayout.train_log(out_dir), "".join(json.dumps(entry) + "\n" for entry in history))
+    if procs.is_main:
+        with atomic_dir(target) as tmp:
+            model.save(str(tmp))
+        shutil.rmtree(RunLayout.checkpoints_dir(out_dir), ignore_errors=True)  # the Trainer's output_dir, unused
+        write_text(RunLayout.train_log(out_dir), "".join(json.dumps(entry) + "\n" for entry in history))
     losses = [float(entry["loss"]) for entry in history]
     summary = {
         "train_groups": len(dataset),
+        "processes": procs.world_size,
         "steps": int(trainer.state.global_step),
         "train_seconds": round(seconds, 1),
         # What a model that scores every candidate the same would lose: log of the group's size.
@@ -156,7 +166,9 @@ def fit(
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
     }
-    write_json(info_path, {"fingerprint": train_fp, "status": "done", "summary": summary})
+    if procs.is_main:
+        write_json(info_path, {"fingerprint": train_fp, "status": "done", "summary": summary})
+    barrier()  # the model is on disk before any rank loads it
     return summary
 
 

@@ -122,6 +122,7 @@ def run_pointwise(config: Config, layout: RunLayout, pairs, folds, misconception
     the fold's retriever (``reranker.pointwise.backbone: retriever``), and reranks its validation candidates; the
     submission's model (``reranker/full``, with ``folds.full_fit``) trains on every labelled pair, from the
     full-fit retriever."""
+    main = processes(resolve(config.runtime), config.runtime.ddp_timeout).is_main
     summary: dict = {"folds": {}, "kind": "pointwise"}
     tables = []
     for k in config.folds.use:
@@ -140,6 +141,8 @@ def run_pointwise(config: Config, layout: RunLayout, pairs, folds, misconception
             layout.retriever_model(name),
             training_fingerprint(config, path),
         )
+        if not main:  # rank 0 alone scores the validation part and writes the results
+            continue
         labelled = train_val_split(pairs, folds, k)[0]
         reranker = PointwiseReranker(layout.reranker(name), labelled, misconceptions, config)
         reranked = reranker.rerank(config, val_part, pairs)
