@@ -1,0 +1,215 @@
+#!/usr/bin/env python
+"""A label-free lever over fold models that ``real_data.py`` has trained: score each wrong answer against the
+other wrong answers of its own question.
+
+    .venv-train/bin/python benchmarks/question_contrast.py --work runs/rd-base --fold-kinds unseen group \
+        --folds 0 [--data ../shared/eedi-dev] [--config configs/cpu-kaggle.yaml] [key=value ...]
+
+A question's wrong answers share their construct, subject and question text, so a retriever gives them nearly
+the same candidates: on unseen-rich fold 0 the top-1 misconception is the same for two wrong answers of one
+question in 267 of 291 questions, where the labels share one in 31 % (367 of 1,168 questions with two labelled
+wrong answers). What tells them apart is the part of the match that belongs to one wrong answer alone. The
+contrast keeps that part: for wrong answer i of question Q,
+
+    score'(i, m) = score(i, m) - gamma x agg_{j in Q, j != i} score(j, m)
+
+over every wrong answer j of Q (labelled or not: test.csv gives all of them), agg the mean or the max. It uses
+no labels, only the texts of the question being predicted. The profile's label memory stays; the unseen boost
+is then fixed (``index.unseen_boost``, on all validation pairs) or calibrated to ``index.unseen_top1_share`` on
+validation subsets composed like the test (every unseen pair, seen pairs sampled down to 1:3; seeds 0-2).
+Written to ``benchmarks/results/question_contrast.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_data import (  # noqa: E402
+    FOLD_KINDS,
+    REPO,
+    RESULTS,
+    aggregate,
+    machine_fields,
+    metrics_block,
+    test_like_subsets,
+    write_results,
+)
+
+SETTINGS = (("mean", 0.25), ("mean", 0.5), ("mean", 0.75), ("mean", 1.0), ("max", 0.25), ("max", 0.5), ("max", 1.0))
+
+
+def question_contrast(scores: np.ndarray, question_ids: np.ndarray, gamma: float, agg: str = "mean") -> np.ndarray:
+    """``scores`` (rows, corpus) less gamma x the mean (or max) score of the other rows of the same question.
+    A row alone in its question keeps its scores."""
+    out = scores.copy()
+    for question in np.unique(question_ids):
+        rows = np.flatnonzero(question_ids == question)
+        if len(rows) < 2:
+            continue
+        block = scores[rows]
+        for position, row in enumerate(rows):
+            others = np.delete(block, position, axis=0)
+            reference = others.mean(axis=0) if agg == "mean" else others.max(axis=0)
+            out[row] = block[position] - gamma * reference
+    return out
+
+
+def measure_fold(cfg, run_dir: Path, fold: int, placement) -> dict[str, dict[str, dict]]:
+    """{setting: {subset: metrics}} for one fold."""
+    from eedi.data.artifacts import load_folds, load_misconceptions, load_pairs
+    from eedi.data.folds import train_val_split
+    from eedi.layout import RunLayout, model_name
+    from eedi.retrieval.model import encode_queries, load_encoder
+    from eedi.retrieval.search import CandidateRetriever, calibrate_unseen_boost, top_k_from_scores
+
+    pairs, fold_table, misconceptions = load_pairs(run_dir), load_folds(run_dir), load_misconceptions(run_dir)
+    train, val = train_val_split(pairs, fold_table, fold)
+    # every wrong answer of the validation questions, labelled or not, in pairs' order; val's rows among them
+    val_questions = set(val["QuestionId"].tolist())
+    context = pairs[(pairs["split"] == "train") & pairs["QuestionId"].isin(val_questions)].reset_index(drop=True)
+    position = {key: i for i, key in enumerate(context["QuestionId_Answer"])}
+    labelled_rows = np.array([position[k] for k in val["QuestionId_Answer"]])
+    corpus_ids = misconceptions["MisconceptionId"].to_numpy(np.int64)
+    actual = val["MisconceptionId"].astype(int).tolist()
+    seen = set(train["MisconceptionId"].astype(int))
+    subsets = test_like_subsets(val, seen)
+    subsets["all validation pairs, fixed boost"] = np.arange(len(val))
+    share = cfg.index.unseen_top1_share or 0.75
+    model = load_encoder(RunLayout(run_dir).retriever_model(model_name(fold)), placement)
+    retriever = CandidateRetriever(model, misconceptions, cfg, train)
+    queries = encode_queries(model, context["QueryText"].tolist(), cfg.retriever.encode_batch_size)
+    dense = retriever.dense_scores(queries)
+    question_ids = context["QuestionId"].to_numpy()
+    logging.info(
+        "fold %d: %d wrong answers of %d validation questions (%d labelled)",
+        fold,
+        len(context),
+        len(val_questions),
+        len(val),
+    )
+    out: dict[str, dict[str, dict]] = {}
+    for agg, gamma in (("mean", 0.0), *SETTINGS):
+        started = time.time()
+        contrasted = dense if gamma == 0 else question_contrast(dense, question_ids, gamma, agg)
+        scores = contrasted[labelled_rows]
+        name = "profile (no contrast)" if gamma == 0 else f"contrast {agg}, gamma {gamma:g}"
+        for subset, rows in subsets.items():
+            if subset.startswith("all"):
+                boost = cfg.index.unseen_boost
+            else:
+                boost = calibrate_unseen_boost(scores[rows], retriever.unseen, share)
+            ranked = top_k_from_scores(scores[rows] + boost * retriever.unseen, corpus_ids, 100)[1]
+            block = metrics_block([actual[i] for i in rows], ranked, seen)
+            block["boost"] = round(float(boost), 4)
+            block["top1_shared"] = top1_shared(ranked[:, 0], val["QuestionId"].to_numpy()[rows])
+            out.setdefault(name, {})[subset] = block
+        logging.info("fold %d: %s measured in %.0f s", fold, name, time.time() - started)
+    return out
+
+
+def top1_shared(top1: np.ndarray, question_ids: np.ndarray) -> float:
+    """Share of the questions with two or more rows whose rows' top-1 predictions repeat one another."""
+    shared = total = 0
+    for question in np.unique(question_ids):
+        picks = top1[question_ids == question]
+        if len(picks) > 1:
+            total += 1
+            shared += len(set(picks.tolist())) < len(picks)
+    return shared / total if total else 0.0
+
+
+def markdown(record: dict) -> str:
+    lines = [
+        f"Question contrast over the fold models of `{record['work']}` (folds {record['folds']}, config "
+        f"`{record['config']}` {' '.join(record['overrides'])}; {record['machine']}; CPU: {record['cpu']}).".replace(
+            "  ", " "
+        ),
+        f"All = every validation pair, fixed `index.unseen_boost`; 1:3 = every unseen pair and seen pairs sampled "
+        f"down to 1 seen : 3 unseen (mean of seeds 0-2), unseen boost calibrated to share {record['share']:g}; "
+        "Q = the questions that carry an unseen label, calibrated. Shared top-1 = share of questions whose "
+        "labelled rows repeat a top-1 prediction (all pairs).",
+    ]
+    for kind, settings in record["kinds"].items():
+        lines += [
+            "",
+            f"### {kind} folds",
+            "",
+            "| setting | all: mix | all: MAP@25 | all: seen | all: unseen | shared top-1 | 1:3 MAP@25 | 1:3 seen | "
+            "1:3 unseen | Q MAP@25 |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, per_subset in settings.items():
+            seeds = [per_subset[s]["mean"] for s in per_subset if s.startswith("1:3")]
+
+            def mean(key: str, seeds=seeds) -> float:
+                return float(np.mean([s[key]["mean"] for s in seeds]))
+
+            full = per_subset["all validation pairs, fixed boost"]["mean"]
+            shared = np.mean([f["top1_shared"] for f in per_subset["all validation pairs, fixed boost"]["folds"].values()])
+            q = per_subset["questions with an unseen label"]["mean"]["map@25"]["mean"]
+            lines.append(
+                f"| {name} | {full['map@25_mix']['mean']:.3f} | {full['map@25']['mean']:.3f} | "
+                f"{full['map@25_seen']['mean']:.3f} | {full['map@25_unseen']['mean']:.3f} | "
+                f"{shared:.2f} | {mean('map@25'):.3f} | {mean('map@25_seen'):.3f} | "
+                f"{mean('map@25_unseen'):.3f} | {q:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", required=True, help="the --work folder of a real_data.py run with system ours")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "eedi-dev"))
+    parser.add_argument("--config", default="configs/cpu-kaggle.yaml")
+    parser.add_argument("--folds", type=int, nargs="+", default=[0])
+    parser.add_argument("--fold-kinds", nargs="+", default=list(FOLD_KINDS), choices=FOLD_KINDS)
+    parser.add_argument("--out", default=str(RESULTS / "question_contrast.json"))
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+    from eedi.config import RuntimeConfig, load_config
+    from eedi.layout import RunLayout
+    from eedi.runtime import resolve
+
+    started = time.time()
+    cfg = load_config(REPO / args.config, [f"data.dir={Path(args.data).resolve()}", *args.overrides, "index.top_k=100"])
+    placement = resolve(RuntimeConfig(device="cpu", dtype="float32"))
+    record = {
+        "work": args.work,
+        "config": args.config,
+        "overrides": args.overrides,
+        "folds": args.folds,
+        "share": cfg.index.unseen_top1_share or 0.75,
+        "kinds": {},
+    }
+    for kind in args.fold_kinds:
+        run_dir = Path(args.work) / kind / "ours"
+        if not RunLayout(run_dir).folds.is_file():
+            parser.error(f"{run_dir} holds no prepared run: run real_data.py --systems ours --work {args.work} first")
+        per_fold = {f"fold_{f}": measure_fold(cfg, run_dir, f, placement) for f in args.folds}
+        settings = next(iter(per_fold.values()))
+        record["kinds"][kind] = {
+            name: {
+                subset: {
+                    "folds": {fold: per_fold[fold][name][subset] for fold in per_fold},
+                    "mean": aggregate({fold: per_fold[fold][name][subset] for fold in per_fold}),
+                }
+                for subset in settings[name]
+            }
+            for name in settings
+        }
+        record.update(machine_fields(started))
+        write_results(args.out, record, markdown(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
