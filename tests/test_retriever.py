@@ -285,6 +285,50 @@ def test_loss_matches_a_hand_computed_infonce_and_gradcache_agrees(tiny_qwen2_pa
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-3)
 
 
+def test_a_frozen_document_tower_trains_the_queries_against_the_backbones_misconceptions(tiny_qwen2_path):
+    """retriever.document_tower=frozen: the loss is InfoNCE of the trained query embeddings against the
+    backbone's misconception embeddings, constants that carry no gradient and that no step refreshes."""
+    from eedi.retrieval.model import build_model
+
+    cfg = RetrieverConfig(backbone=str(tiny_qwen2_path), lora={"enabled": False}, query_instruction="")
+    corpus_ids = list(range(10, 22))
+    corpus_texts = [f"misconception number {i} about fractions" for i in corpus_ids]
+    queries, positives = ["angles in a triangle", "what is 1/2 + 1/3", "round 3.5", "7 x 8"], [10, 10, 15, 11]
+    model, backbone = build_model(cfg, CPU), build_model(cfg, CPU, trainable=False)
+    sampler = NegativeSampler(corpus_ids, n_hard=2, hard_ranks=(0, 4), n_random=2, seed=1)
+    loss_fn = HardNegativeInfoNCE(
+        model, corpus_ids, corpus_texts, sampler, scale=20.0, refresh_steps=1, mini_batch_size=3, frozen_documents=True
+    )
+    with torch.no_grad():  # a step's worth of change: the queries move, the misconceptions must not
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    loss_fn.global_step = 1  # a refresh would be due here with trained documents
+    batch = ContrastiveCollator(preprocess_fn=model.preprocess, sampler=sampler)(
+        [{"query": q, "label": p} for q, p in zip(queries, positives)]
+    )
+    features = {k[len("query_") :]: v for k, v in batch.items() if k.startswith("query_")}
+    model.train()
+    loss = loss_fn([features], batch["label"])
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    with torch.no_grad():
+        documents = backbone.encode_document(corpus_texts, convert_to_tensor=True, normalize_embeddings=True)
+        torch.testing.assert_close(loss_fn._cache, documents, atol=1e-5, rtol=1e-4)
+        q = model.encode(queries, convert_to_tensor=True, normalize_embeddings=True)
+        hard = sampler.hard((q @ documents.T).numpy(), positives, features["input_ids"].numpy().tobytes())
+        docs, targets = document_set(
+            positives, [np.concatenate([r, h]) for r, h in zip(batch["label"][:, 1:].numpy(), hard)]
+        )
+        d = documents[[corpus_ids.index(i) for i in docs]]
+        expected = torch.nn.functional.cross_entropy(20.0 * q @ d.T, torch.tensor(targets))
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_frozen_document_tower_with_gradient_cache_is_a_config_error():
+    with pytest.raises(ConfigError, match="retriever.gradient_cache=false"):
+        load_config(None, ["retriever.document_tower=frozen", "retriever.gradient_cache=true"])
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -402,6 +446,37 @@ def test_a_fold_trained_under_another_config_is_retrained(tiny_lora_run, prepare
     log = read_log(run_dir)
     assert "seconds" in retrained and log[0]["step"] == 0 and log[-1]["step"] == 2
     assert (run_dir / "retriever" / "fold_0" / "model").is_dir()
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_a_frozen_document_tower_saves_a_model_whose_misconceptions_are_the_backbones(
+    prepared_sample, tiny_qwen2_path, tmp_path, lora
+):
+    """The saved model (a sentence-transformers Router) embeds misconceptions as the backbone does and queries
+    as trained, wherever it is loaded; the pointwise reranker starts from its query side."""
+    from eedi.layout import RunLayout
+    from eedi.retrieval.model import build_model, encode_corpus, encode_queries, load_encoder
+    from eedi.retrieval.train import train_fold
+
+    run_dir = fresh_run(prepared_sample, tmp_path / "run")
+    config = tiny_config(
+        run_dir,
+        tiny_qwen2_path,
+        "retriever.max_steps=2",
+        "retriever.document_tower=frozen",
+        "retriever.gradient_cache=false",
+        f"retriever.lora.enabled={str(lora).lower()}",
+    )
+    train_fold(config, 0)
+    model_dir = RunLayout(run_dir).retriever_model("fold_0")
+    trained, backbone = load_encoder(model_dir, CPU), build_model(config.retriever, CPU, trainable=False)
+    texts = ["Adds the numerators and the denominators", "Thinks a right angle is 180 degrees"]
+    np.testing.assert_allclose(encode_corpus(trained, texts), encode_corpus(backbone, texts), atol=1e-5)
+    assert not np.allclose(encode_queries(trained, texts), encode_queries(backbone, texts), atol=1e-3)
+    assert trained.prompts["query"].startswith("Instruct:")
+    assert (RunLayout.query_encoder(model_dir) / "config.json").is_file()
+    assert RunLayout.query_encoder(model_dir) != model_dir
+    assert any("val_map@25" in entry for entry in read_log(run_dir))
 
 
 def test_without_epoch_validation_the_log_has_no_scores_and_the_model_is_the_same(

@@ -241,6 +241,10 @@ class RetrieverConfig(Section):
     """Where hard and random negatives are drawn from. corpus: every misconception. training_labels: only the
     misconceptions that label one of the fold's training pairs, so that the ones training never shows (most of
     the competition's test) are never pushed away from queries; 7th place dropped those negatives."""
+    document_tower: Literal["trained", "frozen"] = Field("trained", json_schema_extra=TRAINS_RETRIEVER)
+    """trained: queries and misconceptions go through the one fine-tuned model. frozen: only the query side
+    trains; misconceptions keep the backbone's embeddings, seen and unseen alike (locked-tower tuning), so
+    training cannot move the misconceptions it shows away from the ones it never shows."""
     hard_negative_refresh_steps: int = Field(50, ge=1, json_schema_extra=TRAINS_RETRIEVER)
     """Hard negatives are mined online from the training step's own query embeddings against cached
     misconception embeddings; the cache is re-embedded with the current weights every this many steps."""
@@ -260,6 +264,11 @@ class RetrieverConfig(Section):
             raise ValueError(
                 f"save_steps={self.save_steps} must be a multiple of hard_negative_refresh_steps="
                 f"{self.hard_negative_refresh_steps}"
+            )
+        if self.document_tower == "frozen" and self.gradient_cache:
+            raise ValueError(
+                "document_tower=frozen trains without GradCache (the misconceptions are constants, only the queries "
+                "carry gradients): set retriever.gradient_cache=false"
             )
         return self
 

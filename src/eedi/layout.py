@@ -164,6 +164,14 @@ class RunLayout:
         return model_root / "merged"
 
     @staticmethod
+    def query_encoder(model_dir: Path) -> Path:
+        """The Hugging Face model that embeds queries inside a retriever's ``model/``: the folder itself, or its
+        query route when the misconceptions have their own (``retriever.document_tower: frozen``, saved as a
+        sentence-transformers Router)."""
+        routed = model_dir / "query_0_Transformer"
+        return routed if (model_dir / "router_config.json").is_file() and routed.is_dir() else model_dir
+
+    @staticmethod
     def cross_encoder_dir(model_root: Path) -> Path:
         """reranker.kind=pointwise: the sentence-transformers CrossEncoder inside a reranker/<name> folder."""
         return model_root / "cross_encoder"

@@ -68,7 +68,7 @@ def training_groups(
 def start_model(config: Config, retriever_dir: Path) -> str:
     """The folder or model id the cross-encoder starts from (``reranker.pointwise.backbone``)."""
     backbone = config.reranker.pointwise.backbone
-    return str(retriever_dir) if backbone == "retriever" else backbone
+    return str(RunLayout.query_encoder(retriever_dir)) if backbone == "retriever" else backbone
 
 
 def fit(

@@ -108,11 +108,16 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
         mini_batch_size: int = 16,
         gradient_cache: bool = False,
         encode_batch_size: int = 64,
+        frozen_documents: bool = False,
     ):
         super().__init__()
         self.model = model
         self.texts = dict(zip((int(i) for i in corpus_ids), corpus_texts))
         self.corpus_ids = list(self.texts)
+        self.row = {doc_id: i for i, doc_id in enumerate(self.corpus_ids)}
+        # frozen: the misconceptions keep the embeddings of the model as it starts (the backbone); the first
+        # cache is never refreshed and gives the loss its documents as constants
+        self.frozen_documents = frozen_documents
         self.sampler, self.scale, self.refresh_steps = sampler, float(scale), refresh_steps
         # Without GradCache the texts are still embedded in chunks (with gradients, all kept for one
         # backward): trailing padding is trimmed per chunk, which saves compute on length-sorted input.
@@ -126,6 +131,8 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
         self.refresh_seconds = 0.0
         self._cache: Tensor | None = None
         self._cache_step: int | None = None
+        if frozen_documents:  # now, before the Trainer trains or loads a checkpoint: the backbone's embeddings
+            self.refresh_corpus()
 
     # ----------------------------------------------------------------- mining
 
@@ -145,17 +152,23 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
         self._cache, self._cache_step = embeddings.float(), self.global_step
         self.refresh_seconds += time.perf_counter() - t0
 
+    def frozen_corpus(self) -> np.ndarray | None:
+        """(corpus, dim) the misconceptions' fixed embeddings, in ``corpus_ids`` order; None unless frozen."""
+        return self._cache.cpu().numpy() if self.frozen_documents else None
+
     def _corpus_cache(self) -> Tensor:
-        due = self.global_step % self.refresh_steps == 0 and self.global_step != self._cache_step
+        due = (
+            not self.frozen_documents
+            and self.global_step % self.refresh_steps == 0
+            and self.global_step != self._cache_step
+        )
         if self._cache is None or due:
             self.refresh_corpus()
         return self._cache
 
-    def _documents(
-        self, query_reps: Tensor, features: dict[str, Tensor], labels: Tensor
-    ) -> tuple[dict[str, Any], Targets]:
-        """Mine hard negatives for these query embeddings; tokenize the batch's unique documents.
-        Returns the documents' features, each query's target column among them and their ids."""
+    def _document_ids(self, query_reps: Tensor, features: dict[str, Tensor], labels: Tensor) -> tuple[list, list]:
+        """Mine hard negatives for these query embeddings: the batch's unique document ids and each query's
+        target position among them."""
         labels = labels.cpu().numpy()
         positives = labels[:, 0].tolist()
         negatives = list(labels[:, 1:])
@@ -166,7 +179,14 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
             negatives = [
                 np.concatenate([r, h]) for r, h in zip(negatives, self.sampler.hard(scores, positives, content))
             ]
-        doc_ids, targets = document_set(positives, negatives)
+        return document_set(positives, negatives)
+
+    def _documents(
+        self, query_reps: Tensor, features: dict[str, Tensor], labels: Tensor
+    ) -> tuple[dict[str, Any], Targets]:
+        """Mine hard negatives for these query embeddings; tokenize the batch's unique documents.
+        Returns the documents' features, each query's target column among them and their ids."""
+        doc_ids, targets = self._document_ids(query_reps, features, labels)
         # Longest first, so that each embedding chunk pads only to its own longest text.
         order = sorted(range(len(doc_ids)), key=lambda i: -len(self.texts[doc_ids[i]]))
         position = {old: new for new, old in enumerate(order)}
@@ -208,6 +228,16 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
         if len(sentence_features) != 1:
             raise ValueError(f"expected the query features only, got {len(sentence_features)} columns")
         queries = sentence_features[0]
+        if self.frozen_documents:
+            query_reps = self._embed(queries, with_grad=True)
+            doc_ids, targets = self._document_ids(torch.cat(query_reps), queries, labels)
+            cache = self._corpus_cache().to(query_reps[0].device)
+            documents = cache[torch.tensor([self.row[d] for d in doc_ids], device=cache.device)]
+            device = documents.device
+            return self.calculate_loss(
+                [query_reps, [documents]],
+                Targets(torch.tensor(targets, device=device), torch.tensor(doc_ids, dtype=torch.long, device=device)),
+            )
         if self.uses_gradient_cache:
             with torch.no_grad():
                 query_reps = torch.cat(self._embed(queries, with_grad=False))
@@ -226,4 +256,5 @@ class HardNegativeInfoNCE(CachedLossMixin, nn.Module):
             "refresh_steps": self.refresh_steps,
             "mini_batch_size": self.mini_batch_size,
             "gradient_cache": self.uses_gradient_cache,
+            "frozen_documents": self.frozen_documents,
         }

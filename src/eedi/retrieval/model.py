@@ -13,7 +13,7 @@ import torch
 from peft import LoraConfig, prepare_model_for_kbit_training
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Normalize, Transformer
-from sentence_transformers.sentence_transformer.modules import Pooling
+from sentence_transformers.sentence_transformer.modules import Pooling, Router
 from transformers import AutoConfig
 
 from eedi.config import RetrieverConfig
@@ -102,6 +102,20 @@ def build_model(
         add_lora(model, cfg, four_bit, top_layers(cfg, hf_config))
     elif trainable and cfg.top_layers:
         freeze_below(model, top_layers(cfg, hf_config))
+    return model
+
+
+def with_frozen_documents(query_model: SentenceTransformer, cfg: RetrieverConfig, placement: Placement):
+    """One SentenceTransformer that embeds queries with ``query_model`` and misconceptions with the untouched
+    backbone (``retriever.document_tower: frozen``): a sentence-transformers Router, so ``encode_query`` and
+    ``encode_document`` route by themselves wherever the saved model is loaded (index, infer, serve, Kaggle)."""
+    backbone = build_model(cfg, placement, trainable=False, load_in_4bit=False)
+    model = SentenceTransformer(
+        modules=[Router.for_query_document(list(query_model), list(backbone))],
+        prompts=query_model.prompts,
+        device=placement.device,
+    )
+    model.max_seq_length = cfg.max_length
     return model
 
 

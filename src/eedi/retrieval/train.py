@@ -35,7 +35,7 @@ from eedi.fileio import atomic_dir, read_json, write_json, write_text
 from eedi.layout import RunLayout, model_name
 from eedi.manifest import fingerprint
 from eedi.retrieval.loss import HardNegativeInfoNCE
-from eedi.retrieval.model import build_model, encode_corpus, encode_queries, freeze_unused
+from eedi.retrieval.model import build_model, encode_corpus, encode_queries, freeze_unused, with_frozen_documents
 from eedi.retrieval.negatives import ContrastiveCollator, NegativeSampler
 from eedi.retrieval.search import top_k_from_scores
 from eedi.runtime import Placement, Processes, barrier, processes, resolve
@@ -53,9 +53,13 @@ def retrieval_map(
     corpus_ids: np.ndarray,
     corpus_texts: list[str],
     batch_size: int = 64,
+    documents: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """MAP@25 / recall of ``model`` on (query, positive) pairs against the whole corpus."""
-    scores = encode_queries(model, queries, batch_size) @ encode_corpus(model, corpus_texts, batch_size).T
+    """MAP@25 / recall of ``model`` on (query, positive) pairs against the whole corpus (``documents``: the
+    corpus's embeddings when they are not the model's, as with ``retriever.document_tower: frozen``)."""
+    if documents is None:
+        documents = encode_corpus(model, corpus_texts, batch_size)
+    scores = encode_queries(model, queries, batch_size) @ documents.T
     _, ids = top_k_from_scores(scores, np.asarray(corpus_ids), K)
     return ranking_metrics(positives, ids.tolist(), recall_ks=(1, 25))
 
@@ -112,7 +116,13 @@ class EpochLog(TrainerCallback):
         if self.val_queries:
             t0 = time.perf_counter()
             metrics = retrieval_map(
-                model, self.val_queries, self.val_positives, self.corpus_ids, self.corpus_texts, self.batch_size
+                model,
+                self.val_queries,
+                self.val_positives,
+                self.corpus_ids,
+                self.corpus_texts,
+                self.batch_size,
+                documents=self.loss.frozen_corpus(),
             )
             model.train()  # encode() left it in eval mode
             entry.update(
@@ -311,6 +321,7 @@ def _fit(
         mini_batch_size=cfg.mini_batch_size,
         gradient_cache=cfg.gradient_cache,
         encode_batch_size=cfg.encode_batch_size,
+        frozen_documents=cfg.document_tower == "frozen",
     )
     dataset = Dataset.from_dict(
         {"query": train["QueryText"].tolist(), "label": train["MisconceptionId"].astype(int).tolist()}
@@ -374,7 +385,7 @@ def _fit(
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     if procs.is_main:
-        save_trained(model, cfg, out)
+        save_trained(model, cfg, out, placement)
     return seconds
 
 
@@ -397,9 +408,12 @@ def _summary(log_path: Path) -> dict:
     return summary
 
 
-def save_trained(model: SentenceTransformer, cfg: RetrieverConfig, out: Path) -> None:
-    """Write ``adapter/`` (LoRA) or, for full fine-tuning, ``model/`` atomically."""
+def save_trained(model: SentenceTransformer, cfg: RetrieverConfig, out: Path, placement: Placement) -> None:
+    """Write ``adapter/`` (LoRA) or, for full fine-tuning, ``model/`` atomically (with a frozen document tower,
+    the trained model routes queries only: :func:`with_frozen_documents`)."""
     if not cfg.lora.enabled:
+        if cfg.document_tower == "frozen":
+            model = with_frozen_documents(model, cfg, placement)
         with atomic_dir(RunLayout.model_dir(out)) as tmp:
             model.save(str(tmp))
         return
@@ -418,5 +432,7 @@ def merge_saved_adapter(cfg: RetrieverConfig, placement: Placement, out: Path) -
     merged = build_model(cfg, placement, trainable=False, load_in_4bit=False)
     transformer = merged[0]
     transformer.model = PeftModel.from_pretrained(transformer.model, str(RunLayout.adapter_dir(out))).merge_and_unload()
+    if cfg.document_tower == "frozen":
+        merged = with_frozen_documents(merged, cfg, placement)
     with atomic_dir(RunLayout.model_dir(out)) as tmp:
         merged.save(str(tmp))

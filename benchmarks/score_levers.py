@@ -1,23 +1,30 @@
 #!/usr/bin/env python
-"""A label-free lever over fold models that ``real_data.py`` has trained: score each wrong answer against the
-other wrong answers of its own question.
+"""Label-free changes to the retrieval score, over fold models that ``real_data.py`` has trained, measured as
+infer would use them: the profile's label memory, then the unseen boost fixed or calibrated.
 
-    .venv-train/bin/python benchmarks/question_contrast.py --work runs/rd-base --fold-kinds unseen group \
-        --folds 0 [--data ../shared/eedi-dev] [--config configs/cpu-kaggle.yaml] [key=value ...]
+    .venv-train/bin/python benchmarks/score_levers.py --levers contrast --work runs/rd-base \
+        --fold-kinds unseen group --folds 0 [--data ../shared/eedi-dev] [--config configs/cpu-kaggle.yaml] \
+        [--out benchmarks/results/score_levers_question_contrast.json] [key=value ...]
 
-A question's wrong answers share their construct, subject and question text, so a retriever gives them nearly
-the same candidates: on unseen-rich fold 0 the top-1 misconception is the same for two wrong answers of one
-question in 267 of 291 questions, where the labels share one in 31 % (367 of 1,168 questions with two labelled
-wrong answers). What tells them apart is the part of the match that belongs to one wrong answer alone. The
-contrast keeps that part: for wrong answer i of question Q,
+Levers (``--levers``):
 
-    score'(i, m) = score(i, m) - gamma x agg_{j in Q, j != i} score(j, m)
+* **contrast**: each wrong answer against the other wrong answers of its own question. A question's wrong
+  answers share their construct, subject and question text, so a retriever gives them nearly the same
+  candidates: on unseen-rich fold 0 the top-1 misconception is the same for two wrong answers of one question
+  in 267 of 291 questions, where the labels share one in 31 % (367 of 1,168 questions with two labelled wrong
+  answers). The contrast keeps the part of the match that belongs to one wrong answer alone: for wrong answer
+  i of question Q, score'(i, m) = score(i, m) - gamma x agg_{j in Q, j != i} score(j, m), over every wrong
+  answer j of Q (labelled or not: test.csv gives all of them), agg the mean or the max.
+* **sibling**: the label memory lent to unseen misconceptions. The memory raises a seen misconception M when a
+  training question labelled M is near the query; an unseen misconception U that is worded like M (a sibling:
+  "adds the numerators" beside "adds the denominators") is raised the same way, scaled by how alike they are:
+  score'(q, U) = score(q, U) + knn_weight x max_M s(U, M) x max(0, memory(q, M) - cos(q, U)), with
+  s(U, M) = max(0, (cos(U, M) - tau) / (1 - tau)) between the misconception names, over the query's recalled M.
 
-over every wrong answer j of Q (labelled or not: test.csv gives all of them), agg the mean or the max. It uses
-no labels, only the texts of the question being predicted. The profile's label memory stays; the unseen boost
-is then fixed (``index.unseen_boost``, on all validation pairs) or calibrated to ``index.unseen_top1_share`` on
-validation subsets composed like the test (every unseen pair, seen pairs sampled down to 1:3; seeds 0-2).
-Written to ``benchmarks/results/question_contrast.json`` and ``.md``.
+Reported per fold kind: all validation pairs with the fixed ``index.unseen_boost`` (MAP@25, its mix, seen,
+unseen), and the subsets composed like the test (every unseen pair, seen pairs sampled down to 1:3, seeds 0-2;
+the questions that carry an unseen label) with the boost calibrated to ``index.unseen_top1_share``. Written to
+``--out`` (.json and .md).
 """
 
 from __future__ import annotations
@@ -42,7 +49,19 @@ from real_data import (  # noqa: E402
     write_results,
 )
 
-SETTINGS = (("mean", 0.25), ("mean", 0.5), ("mean", 0.75), ("mean", 1.0), ("max", 0.25), ("max", 0.5), ("max", 1.0))
+LEVERS = {
+    "contrast": [
+        ("mean", 0.25),
+        ("mean", 0.5),
+        ("mean", 0.75),
+        ("mean", 1.0),
+        ("max", 0.25),
+        ("max", 0.5),
+        ("max", 1.0),
+    ],
+    "sibling": [(0.5, 1.0), (0.6, 1.0), (0.7, 1.0), (0.8, 1.0), (0.7, 0.5), (0.7, 2.0)],
+}
+"""contrast: (agg, gamma); sibling: (tau, weight on the lent raise)."""
 
 
 def question_contrast(scores: np.ndarray, question_ids: np.ndarray, gamma: float, agg: str = "mean") -> np.ndarray:
@@ -61,7 +80,44 @@ def question_contrast(scores: np.ndarray, question_ids: np.ndarray, gamma: float
     return out
 
 
-def measure_fold(cfg, run_dir: Path, fold: int, placement) -> dict[str, dict[str, dict]]:
+def sibling_memory(
+    scores: np.ndarray,
+    cosines: np.ndarray,
+    recalled: list[dict[int, float]],
+    likeness: np.ndarray,
+    column: dict[int, int],
+    unseen: np.ndarray,
+    weight: float,
+) -> np.ndarray:
+    """``scores`` with every unseen misconception U raised by weight x max_M likeness[U, M] x max(0, memory(q, M)
+    - cos(q, U)) over the query's recalled labels M (``likeness``: (corpus, corpus), 0 where unalike)."""
+    out = scores.copy()
+    unseen_columns = np.flatnonzero(unseen)
+    for i, labels in enumerate(recalled):
+        if not labels:
+            continue
+        columns = np.array([column[m] for m in labels])
+        memory = np.fromiter(labels.values(), dtype=np.float32, count=len(labels))
+        # (unseen, recalled): how much each recalled label would raise each unseen sibling
+        lent = likeness[np.ix_(unseen_columns, columns)] * np.maximum(
+            0.0, memory[None, :] - cosines[i, unseen_columns][:, None]
+        )
+        out[i, unseen_columns] += weight * lent.max(axis=1)
+    return out
+
+
+def top1_shared(top1: np.ndarray, question_ids: np.ndarray) -> float:
+    """Share of the questions with two or more rows whose rows' top-1 predictions repeat one another."""
+    shared = total = 0
+    for question in np.unique(question_ids):
+        picks = top1[question_ids == question]
+        if len(picks) > 1:
+            total += 1
+            shared += len(set(picks.tolist())) < len(picks)
+    return shared / total if total else 0.0
+
+
+def measure_fold(cfg, run_dir: Path, fold: int, placement, levers: list[str]) -> dict[str, dict[str, dict]]:
     """{setting: {subset: metrics}} for one fold."""
     from eedi.data.artifacts import load_folds, load_misconceptions, load_pairs
     from eedi.data.folds import train_val_split
@@ -88,18 +144,30 @@ def measure_fold(cfg, run_dir: Path, fold: int, placement) -> dict[str, dict[str
     dense = retriever.dense_scores(queries)
     question_ids = context["QuestionId"].to_numpy()
     logging.info(
-        "fold %d: %d wrong answers of %d validation questions (%d labelled)",
-        fold,
-        len(context),
-        len(val_questions),
-        len(val),
+        "fold %d: %d wrong answers of %d questions (%d labelled)", fold, len(context), len(val_questions), len(val)
     )
+
+    settings = {"profile": lambda: dense}
+    if "contrast" in levers:
+        for agg, gamma in LEVERS["contrast"]:
+            settings[f"contrast {agg}, gamma {gamma:g}"] = lambda a=agg, g=gamma: question_contrast(
+                dense, question_ids, g, a
+            )
+    if "sibling" in levers:
+        cosines = queries @ retriever.documents.T
+        recalled = retriever._recall(queries, None)
+        names = retriever.documents @ retriever.documents.T
+        np.fill_diagonal(names, 0.0)
+        for tau, weight in LEVERS["sibling"]:
+            likeness = np.maximum(0.0, (names - tau) / (1 - tau)).astype(np.float32)
+            settings[f"sibling memory, tau {tau:g}, weight {weight:g}"] = lambda lk=likeness, w=weight: sibling_memory(
+                dense, cosines, recalled, lk, retriever.column, retriever.unseen, w * cfg.index.knn_weight
+            )
+
     out: dict[str, dict[str, dict]] = {}
-    for agg, gamma in (("mean", 0.0), *SETTINGS):
+    for name, compute in settings.items():
         started = time.time()
-        contrasted = dense if gamma == 0 else question_contrast(dense, question_ids, gamma, agg)
-        scores = contrasted[labelled_rows]
-        name = "profile (no contrast)" if gamma == 0 else f"contrast {agg}, gamma {gamma:g}"
+        scores = compute()[labelled_rows]
         for subset, rows in subsets.items():
             if subset.startswith("all"):
                 boost = cfg.index.unseen_boost
@@ -114,20 +182,9 @@ def measure_fold(cfg, run_dir: Path, fold: int, placement) -> dict[str, dict[str
     return out
 
 
-def top1_shared(top1: np.ndarray, question_ids: np.ndarray) -> float:
-    """Share of the questions with two or more rows whose rows' top-1 predictions repeat one another."""
-    shared = total = 0
-    for question in np.unique(question_ids):
-        picks = top1[question_ids == question]
-        if len(picks) > 1:
-            total += 1
-            shared += len(set(picks.tolist())) < len(picks)
-    return shared / total if total else 0.0
-
-
 def markdown(record: dict) -> str:
     lines = [
-        f"Question contrast over the fold models of `{record['work']}` (folds {record['folds']}, config "
+        f"Score levers {record['levers']} over the fold models of `{record['work']}` (folds {record['folds']}, config "
         f"`{record['config']}` {' '.join(record['overrides'])}; {record['machine']}; CPU: {record['cpu']}).".replace(
             "  ", " "
         ),
@@ -151,26 +208,27 @@ def markdown(record: dict) -> str:
             def mean(key: str, seeds=seeds) -> float:
                 return float(np.mean([s[key]["mean"] for s in seeds]))
 
-            full = per_subset["all validation pairs, fixed boost"]["mean"]
-            shared = np.mean([f["top1_shared"] for f in per_subset["all validation pairs, fixed boost"]["folds"].values()])
+            everything = per_subset["all validation pairs, fixed boost"]
+            full = everything["mean"]
+            shared = np.mean([f["top1_shared"] for f in everything["folds"].values()])
             q = per_subset["questions with an unseen label"]["mean"]["map@25"]["mean"]
             lines.append(
                 f"| {name} | {full['map@25_mix']['mean']:.3f} | {full['map@25']['mean']:.3f} | "
-                f"{full['map@25_seen']['mean']:.3f} | {full['map@25_unseen']['mean']:.3f} | "
-                f"{shared:.2f} | {mean('map@25'):.3f} | {mean('map@25_seen'):.3f} | "
-                f"{mean('map@25_unseen'):.3f} | {q:.3f} |"
+                f"{full['map@25_seen']['mean']:.3f} | {full['map@25_unseen']['mean']:.3f} | {shared:.2f} | "
+                f"{mean('map@25'):.3f} | {mean('map@25_seen'):.3f} | {mean('map@25_unseen'):.3f} | {q:.3f} |"
             )
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levers", nargs="+", choices=list(LEVERS), default=list(LEVERS))
     parser.add_argument("--work", required=True, help="the --work folder of a real_data.py run with system ours")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "eedi-dev"))
     parser.add_argument("--config", default="configs/cpu-kaggle.yaml")
     parser.add_argument("--folds", type=int, nargs="+", default=[0])
     parser.add_argument("--fold-kinds", nargs="+", default=list(FOLD_KINDS), choices=FOLD_KINDS)
-    parser.add_argument("--out", default=str(RESULTS / "question_contrast.json"))
+    parser.add_argument("--out", default=str(RESULTS / "score_levers.json"))
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -183,6 +241,7 @@ def main() -> int:
     cfg = load_config(REPO / args.config, [f"data.dir={Path(args.data).resolve()}", *args.overrides, "index.top_k=100"])
     placement = resolve(RuntimeConfig(device="cpu", dtype="float32"))
     record = {
+        "levers": args.levers,
         "work": args.work,
         "config": args.config,
         "overrides": args.overrides,
@@ -194,7 +253,7 @@ def main() -> int:
         run_dir = Path(args.work) / kind / "ours"
         if not RunLayout(run_dir).folds.is_file():
             parser.error(f"{run_dir} holds no prepared run: run real_data.py --systems ours --work {args.work} first")
-        per_fold = {f"fold_{f}": measure_fold(cfg, run_dir, f, placement) for f in args.folds}
+        per_fold = {f"fold_{f}": measure_fold(cfg, run_dir, f, placement, args.levers) for f in args.folds}
         settings = next(iter(per_fold.values()))
         record["kinds"][kind] = {
             name: {
