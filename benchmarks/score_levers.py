@@ -15,6 +15,11 @@ Levers (``--levers``):
   answers). The contrast keeps the part of the match that belongs to one wrong answer alone: for wrong answer
   i of question Q, score'(i, m) = score(i, m) - gamma x agg_{j in Q, j != i} score(j, m), over every wrong
   answer j of Q (labelled or not: test.csv gives all of them), agg the mean or the max.
+* **adaptive**: an unseen boost that depends on the row. A row whose nearest training question is a
+  near-copy most likely carries that question's (seen) misconception; a row far from every training question
+  is where an unseen one is likelier. Every unseen misconception of row i loses c x n_i, n_i = the cosine of
+  the row's nearest training query, before the one boost is calibrated: the calibration still sets how many
+  rows rank an unseen misconception first, and the memory decides which.
 * **sibling**: the label memory lent to unseen misconceptions. The memory raises a seen misconception M when a
   training question labelled M is near the query; an unseen misconception U that is worded like M (a sibling:
   "adds the numerators" beside "adds the denominators") is raised the same way, scaled by how alike they are:
@@ -60,8 +65,9 @@ LEVERS = {
         ("max", 1.0),
     ],
     "sibling": [(0.5, 1.0), (0.6, 1.0), (0.7, 1.0), (0.8, 1.0), (0.7, 0.5), (0.7, 2.0)],
+    "adaptive": [0.1, 0.25, 0.5, 1.0],
 }
-"""contrast: (agg, gamma); sibling: (tau, weight on the lent raise)."""
+"""contrast: (agg, gamma); sibling: (tau, weight on the lent raise); adaptive: c."""
 
 
 def question_contrast(scores: np.ndarray, question_ids: np.ndarray, gamma: float, agg: str = "mean") -> np.ndarray:
@@ -117,8 +123,11 @@ def top1_shared(top1: np.ndarray, question_ids: np.ndarray) -> float:
     return shared / total if total else 0.0
 
 
-def measure_fold(cfg, run_dir: Path, fold: int, placement, levers: list[str]) -> dict[str, dict[str, dict]]:
-    """{setting: {subset: metrics}} for one fold."""
+def measure_fold(
+    cfg, run_dir: Path, fold: int, placement, levers: list[str], max_length: int | None = None
+) -> dict[str, dict[str, dict]]:
+    """{setting: {subset: metrics}} for one fold; ``max_length``: encode queries and misconceptions with this
+    token limit instead of the one the model trained with."""
     from eedi.data.artifacts import load_folds, load_misconceptions, load_pairs
     from eedi.data.folds import train_val_split
     from eedi.layout import RunLayout, model_name
@@ -139,6 +148,8 @@ def measure_fold(cfg, run_dir: Path, fold: int, placement, levers: list[str]) ->
     subsets["all validation pairs, fixed boost"] = np.arange(len(val))
     share = cfg.index.unseen_top1_share or 0.75
     model = load_encoder(RunLayout(run_dir).retriever_model(model_name(fold)), placement)
+    if max_length:
+        model.max_seq_length = max_length
     retriever = CandidateRetriever(model, misconceptions, cfg, train)
     queries = encode_queries(model, context["QueryText"].tolist(), cfg.retriever.encode_batch_size)
     dense = retriever.dense_scores(queries)
@@ -164,6 +175,11 @@ def measure_fold(cfg, run_dir: Path, fold: int, placement, levers: list[str]) ->
                 dense, cosines, recalled, lk, retriever.column, retriever.unseen, w * cfg.index.knn_weight
             )
 
+    if "adaptive" in levers:
+        nearest = np.array([max(labels.values(), default=0.0) for labels in retriever._recall(queries, None)])
+        for c in LEVERS["adaptive"]:
+            settings[f"adaptive boost, c {c:g}"] = lambda c=c: dense - c * nearest[:, None] * retriever.unseen[None, :]
+
     out: dict[str, dict[str, dict]] = {}
     for name, compute in settings.items():
         started = time.time()
@@ -184,7 +200,8 @@ def measure_fold(cfg, run_dir: Path, fold: int, placement, levers: list[str]) ->
 
 def markdown(record: dict) -> str:
     lines = [
-        f"Score levers {record['levers']} over the fold models of `{record['work']}` (folds {record['folds']}, config "
+        f"Score levers {record['levers']} (encoding length: {record.get('max_length') or 'as trained'}) over "
+        f"the fold models of `{record['work']}` (folds {record['folds']}, config "
         f"`{record['config']}` {' '.join(record['overrides'])}; {record['machine']}; CPU: {record['cpu']}).".replace(
             "  ", " "
         ),
@@ -222,13 +239,14 @@ def markdown(record: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--levers", nargs="+", choices=list(LEVERS), default=list(LEVERS))
+    parser.add_argument("--levers", nargs="*", choices=list(LEVERS), default=list(LEVERS))
     parser.add_argument("--work", required=True, help="the --work folder of a real_data.py run with system ours")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "eedi-dev"))
     parser.add_argument("--config", default="configs/cpu-kaggle.yaml")
     parser.add_argument("--folds", type=int, nargs="+", default=[0])
     parser.add_argument("--fold-kinds", nargs="+", default=list(FOLD_KINDS), choices=FOLD_KINDS)
     parser.add_argument("--out", default=str(RESULTS / "score_levers.json"))
+    parser.add_argument("--max-length", type=int, help="encode with this token limit (default: the model's own)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -242,6 +260,7 @@ def main() -> int:
     placement = resolve(RuntimeConfig(device="cpu", dtype="float32"))
     record = {
         "levers": args.levers,
+        "max_length": args.max_length,
         "work": args.work,
         "config": args.config,
         "overrides": args.overrides,
@@ -253,7 +272,9 @@ def main() -> int:
         run_dir = Path(args.work) / kind / "ours"
         if not RunLayout(run_dir).folds.is_file():
             parser.error(f"{run_dir} holds no prepared run: run real_data.py --systems ours --work {args.work} first")
-        per_fold = {f"fold_{f}": measure_fold(cfg, run_dir, f, placement, args.levers) for f in args.folds}
+        per_fold = {
+            f"fold_{f}": measure_fold(cfg, run_dir, f, placement, args.levers, args.max_length) for f in args.folds
+        }
         settings = next(iter(per_fold.values()))
         record["kinds"][kind] = {
             name: {
