@@ -457,6 +457,31 @@ def aggregate(per_fold: dict[str, dict]) -> dict:
     return out
 
 
+def by_setting(per_fold: dict[str, dict[str, dict[str, dict]]]) -> dict[str, dict[str, dict]]:
+    """{fold: {setting: {subset: metrics}}} -> {setting: {subset: {"folds": {fold: metrics}, "mean": aggregate}}}."""
+    settings = next(iter(per_fold.values()))
+    return {
+        name: {
+            subset: {
+                "folds": {fold: per_fold[fold][name][subset] for fold in per_fold},
+                "mean": aggregate({fold: per_fold[fold][name][subset] for fold in per_fold}),
+            }
+            for subset in settings[name]
+        }
+        for name in settings
+    }
+
+
+def prepared_run(parser: argparse.ArgumentParser, work: str, kind: str) -> Path:
+    """The ``ours`` run of one fold kind under a ``--work`` folder of this script; a usage error when missing."""
+    from eedi.layout import RunLayout
+
+    run_dir = Path(work) / kind / "ours"
+    if not RunLayout(run_dir).folds.is_file():
+        parser.error(f"{run_dir} holds no prepared run: run real_data.py --systems ours --work {work} first")
+    return run_dir
+
+
 def _cell(agg: dict, key: str) -> str:
     return f"{agg[key]['mean']:.3f} ± {agg[key]['std']:.3f}" if key in agg else "–"
 

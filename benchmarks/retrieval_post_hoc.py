@@ -38,9 +38,10 @@ from real_data import (  # noqa: E402
     FOLD_KINDS,
     REPO,
     RESULTS,
-    aggregate,
+    by_setting,
     machine_fields,
     metrics_block,
+    prepared_run,
     test_like_subsets,
     write_results,
 )
@@ -182,7 +183,6 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
     from eedi.config import RuntimeConfig, load_config
-    from eedi.layout import RunLayout
     from eedi.retrieval.model import build_model
     from eedi.runtime import resolve
 
@@ -199,24 +199,12 @@ def main() -> int:
         "kinds": {},
     }
     for kind in args.fold_kinds:
-        run_dir = Path(args.work) / kind / "ours"
-        if not RunLayout(run_dir).folds.is_file():
-            parser.error(f"{run_dir} holds no prepared run: run real_data.py --systems ours --work {args.work} first")
+        run_dir = prepared_run(parser, args.work, kind)
         per_fold = {
             f"fold_{f}": measure_fold(cfg, run_dir, f, zero_shot, placement, tuple(args.alphas), not args.no_hubness)
             for f in args.folds
         }
-        settings = next(iter(per_fold.values()))
-        record["kinds"][kind] = {
-            name: {
-                subset: {
-                    "folds": {fold: per_fold[fold][name][subset] for fold in per_fold},
-                    "mean": aggregate({fold: per_fold[fold][name][subset] for fold in per_fold}),
-                }
-                for subset in settings[name]
-            }
-            for name in settings
-        }
+        record["kinds"][kind] = by_setting(per_fold)
         record.update(machine_fields(started))
         write_results(args.out, record, markdown(record))
     return 0

@@ -235,6 +235,18 @@ def test_collator_sorts_rows_longest_first_and_keeps_labels_with_their_rows():
     assert all(int(row[0]) not in row[1:].tolist() for row in batch["label"])
 
 
+def loss_step(model, loss_fn, sampler, queries: list[str], positives: list[int]):
+    """One training step's loss on these queries (backward done): (loss, the collated batch, its query features)."""
+    batch = ContrastiveCollator(preprocess_fn=model.preprocess, sampler=sampler)(
+        [{"query": q, "label": p} for q, p in zip(queries, positives)]
+    )
+    features = {k[len("query_") :]: v for k, v in batch.items() if k.startswith("query_")}
+    model.train()
+    loss = loss_fn([features], batch["label"])
+    loss.backward()
+    return loss.detach(), batch, features
+
+
 def test_loss_matches_a_hand_computed_infonce_and_gradcache_agrees(tiny_qwen2_path):
     """The loss equals InfoNCE computed by hand over the batch's unique documents (positives, random and
     mined hard negatives), and GradCache (chunks of 2) gives what plain chunks of 3 give."""
@@ -260,15 +272,9 @@ def test_loss_matches_a_hand_computed_infonce_and_gradcache_agrees(tiny_qwen2_pa
             mini_batch_size=3 - gradient_cache,
             gradient_cache=gradient_cache,
         )
-        batch = ContrastiveCollator(preprocess_fn=model.preprocess, sampler=sampler)(
-            [{"query": q, "label": p} for q, p in zip(queries, positives)]
-        )
-        features = {k[len("query_") :]: v for k, v in batch.items() if k.startswith("query_")}
-        model.train()
-        loss = loss_fn([features], batch["label"])
-        loss.backward()
+        loss, batch, features = loss_step(model, loss_fn, sampler, queries, positives)
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-        results.append((loss.detach(), grads))
+        results.append((loss, grads))
     with torch.no_grad():
         q = model.encode(queries, convert_to_tensor=True, normalize_embeddings=True)
         hard = sampler.hard((q @ loss_fn._cache.T).numpy(), positives, features["input_ids"].numpy().tobytes())
@@ -303,13 +309,7 @@ def test_a_frozen_document_tower_trains_the_queries_against_the_backbones_miscon
         for param in model.parameters():
             param.add_(0.05 * torch.randn_like(param))
     loss_fn.global_step = 1  # a refresh would be due here with trained documents
-    batch = ContrastiveCollator(preprocess_fn=model.preprocess, sampler=sampler)(
-        [{"query": q, "label": p} for q, p in zip(queries, positives)]
-    )
-    features = {k[len("query_") :]: v for k, v in batch.items() if k.startswith("query_")}
-    model.train()
-    loss = loss_fn([features], batch["label"])
-    loss.backward()
+    loss, batch, features = loss_step(model, loss_fn, sampler, queries, positives)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     with torch.no_grad():
         documents = backbone.encode_document(corpus_texts, convert_to_tensor=True, normalize_embeddings=True)
@@ -321,7 +321,7 @@ def test_a_frozen_document_tower_trains_the_queries_against_the_backbones_miscon
         )
         d = documents[[corpus_ids.index(i) for i in docs]]
         expected = torch.nn.functional.cross_entropy(20.0 * q @ d.T, torch.tensor(targets))
-    torch.testing.assert_close(loss.detach(), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(loss, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_a_frozen_document_tower_with_gradient_cache_is_a_config_error():
